@@ -1,0 +1,3 @@
+from ppo_cli.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""Checkpoints: plain tensors and containers, loadable with ``torch.load(weights_only=True)``.
+
+Contents (``FORMAT`` marks a file as ours):
+
+* ``format``, ``format_version``, ``versions`` (package versions at save time);
+* ``config`` (the :class:`~ppo_cli.config.Config` as a dict), ``env_id``, ``global_step``, ``iteration``;
+* ``model`` (the :class:`~ppo_cli.agent.ActorCritic` state dict), ``optimizer`` (Adam state);
+* ``obs_rms`` and ``reward_rms`` (filter statistics as float64 tensors, ``count`` as a float);
+* ``spaces`` (observation / action sizes and whether actions are discrete).
+
+Writing is atomic: the file is written next to its destination under a temporary name, synced
+and renamed over it, so a crash leaves either the old or the new checkpoint, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "ppo_cli.checkpoint"
+FORMAT_VERSION = 1
+_PACKAGES = ("ppo-cli", "torch", "gymnasium", "mujoco", "numpy")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable ``ppo`` checkpoint."""
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def to_tensors(state: Any) -> Any:
+    """Turn numpy arrays (recursively) into torch tensors so ``weights_only`` loading accepts them."""
+    if isinstance(state, np.ndarray):
+        return torch.from_numpy(state.copy())
+    if isinstance(state, dict):
+        return {k: to_tensors(v) for k, v in state.items()}
+    return state
+
+
+def to_numpy(state: Any) -> Any:
+    """Inverse of :func:`to_tensors` for filter statistics."""
+    if isinstance(state, torch.Tensor):
+        return state.numpy()
+    if isinstance(state, dict):
+        return {k: to_numpy(v) for k, v in state.items()}
+    return state
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (plus format markers) to ``path`` atomically."""
+    path = Path(path)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load and check a checkpoint; never unpickles arbitrary objects (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist or is not a file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} was refused: it holds objects other than plain tensors and "
+                              f"containers ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is truncated or not a checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a ppo checkpoint (no '{FORMAT}' marker)")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {state.get('format_version')}, "
+                              f"this ppo reads {FORMAT_VERSION}")
+    return state

@@ -1,0 +1,264 @@
+"""The ``ppo`` command: parse and validate, build the config, call the library, print with rich.
+
+No maths here. User mistakes become one ``click`` error line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ppo_cli._version import __version__
+from ppo_cli.config import Config, ConfigError, config_fields
+
+DEFAULT_RUN_NAME = "default"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class HiddenSizes(click.ParamType):
+    """``64,64`` or ``64x64`` -> ``(64, 64)``."""
+
+    name = "SIZES"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(int(part) for part in re.split(r"[,x ]+", str(value).strip()) if part)
+        except ValueError:
+            self.fail(f"{value!r} is not a list of layer widths like 64,64", param, ctx)
+
+
+def config_options(func: Callable) -> Callable:
+    """Add one ``--option`` per :class:`Config` field (except ``env_id``), with its default and help."""
+    for f in reversed(config_fields()):
+        if f.name == "env_id":
+            continue
+        flag, help_text = _flag(f.name), f.metadata["help"]
+        kind = typing.get_type_hints(Config)[f.name]
+        optional = isinstance(kind, types.UnionType) and type(None) in kind.__args__
+        if kind is bool:
+            decorator = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=f.default, show_default=True,
+                                     help=help_text)
+        elif f.name == "hidden_sizes":
+            decorator = click.option(flag, f.name, type=HiddenSizes(), default=",".join(map(str, f.default)),
+                                     show_default=True, help=help_text)
+        else:
+            base = float if optional or kind is float else int
+            decorator = click.option(flag, f.name, type=base, default=f.default,
+                                     show_default="off" if optional else True, help=help_text)
+        func = decorator(func)
+    return func
+
+
+def build_config(values: dict[str, Any]) -> Config:
+    """Construct a :class:`Config`, turning a validation error into a click error naming the flag(s)."""
+    try:
+        return Config(**values)
+    except ConfigError as exc:
+        message = str(exc)
+        if len(exc.fields) == 1 and exc.fields[0] != "env_id":
+            name = exc.fields[0]
+            raise click.BadParameter(message.removeprefix(f"{name} "), param_hint=f"'{_flag(name)}'") from None
+        for name in exc.fields:
+            message = re.sub(rf"\b{name}\b", _flag(name), message)
+        raise click.UsageError(message) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ppo")
+def cli() -> None:
+    """Train, evaluate and diagnose PPO agents on continuous-control tasks."""
+
+
+@cli.command()
+def envs() -> None:
+    """List environment aliases and the Gymnasium ids they resolve to."""
+    from ppo_cli.envs import alias_table
+
+    table = Table(title="Environment aliases")
+    table.add_column("alias")
+    table.add_column("Gymnasium id (newest registered)")
+    for alias, env_id in alias_table():
+        table.add_row(alias, env_id if env_id != "-" else "[dim]not registered[/dim]")
+    console = Console()
+    console.print(table)
+    console.print("Any registered Gymnasium id (e.g. Hopper-v4) or 'package.module:attr' naming an "
+                  "environment class or factory works too.")
+
+
+@cli.command()
+@click.argument("env")
+@config_options
+@click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Number of seeds: --seed, --seed + 1, ...")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Seeds trained in parallel processes [default: min(seeds, CPU cores)].")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Results folder; runs go to OUT/<env id>/<run name>/seed_<k>/.")
+@click.option("--run-name", default=None,
+              help=f"Name of this run [default: '{DEFAULT_RUN_NAME}', or '{DEFAULT_RUN_NAME}-2', ... if taken].")
+@click.option("--quiet", is_flag=True, help="Plain progress lines instead of the live display.")
+def train(env: str, num_seeds: int, jobs: int | None, out_dir: Path, run_name: str | None, quiet: bool,
+          **hyperparameters: Any) -> None:
+    """Train PPO on ENV for one or more seeds.
+
+    ENV is an alias (`ppo envs` lists them: hopper, halfcheetah, walker2d, ...), a registered
+    Gymnasium id (Hopper-v4) or 'package.module:attr' naming your own environment class/factory.
+
+    \b
+    Example:
+      ppo train hopper --seeds 3
+      ppo train halfcheetah --total-steps 200000 --target-kl 0.02 --run-name kl0.02
+    """
+    from ppo_cli.envs import EnvError, check_spaces, make_env, resolve_env_id
+    from ppo_cli.launch import SeedJob, run_seeds
+
+    try:
+        env_id = resolve_env_id(env)
+        probe = make_env(env_id)
+        try:
+            check_spaces(probe, env_id)
+        finally:
+            probe.close()
+    except EnvError as exc:
+        raise click.BadParameter(str(exc), param_hint="'ENV'") from None
+    config = build_config({"env_id": env_id, **hyperparameters})
+    run_dir = _make_run_dir(out_dir, env_id, run_name)
+    configs = [config.replace(seed=config.seed + k) for k in range(num_seeds)]
+    jobs_list = []
+    for cfg in configs:
+        seed_dir = run_dir / f"seed_{cfg.seed}"
+        seed_dir.mkdir()
+        jobs_list.append(SeedJob(cfg, seed_dir))
+    parallel = jobs or min(num_seeds, os.cpu_count() or 1)
+
+    console = Console()
+    console.print(f"Training [bold]{env_id}[/bold] for {config.num_iterations * config.batch_size:,} steps x "
+                  f"{num_seeds} seed(s) ({parallel} in parallel) -> {run_dir}",
+                  highlight=False, soft_wrap=True)
+    display = _QuietDisplay(console) if quiet else _LiveDisplay(console, configs)
+    with display:
+        results = run_seeds(jobs_list, parallel, display.on_event)
+    _print_summary(console, results)
+    if any(r.status == "failed" for r in results):
+        raise SystemExit(1)
+    if any(r.status == "interrupted" for r in results):
+        raise SystemExit(130)
+
+
+def _make_run_dir(out_dir: Path, env_id: str, run_name: str | None) -> Path:
+    """Create ``OUT/<env id>/<run name>`` without ever reusing an existing folder."""
+    env_dir = out_dir / re.sub(r"[^A-Za-z0-9._-]+", "_", env_id)
+    try:
+        env_dir.mkdir(parents=True, exist_ok=True)
+        probe = env_dir / f".ppo-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write to {out_dir}: {exc.strerror or exc}", param_hint="'--out'") from None
+    if run_name is not None:
+        if not run_name or "/" in run_name or run_name in {".", ".."}:
+            raise click.BadParameter(f"{run_name!r} is not a folder name", param_hint="'--run-name'")
+        run_dir = env_dir / run_name
+        if run_dir.exists():
+            raise click.UsageError(f"--run-name {run_name}: {run_dir} already exists; choose another name "
+                                   f"or remove it")
+        run_dir.mkdir()
+        return run_dir
+    for k in range(1, 10_000):
+        run_dir = env_dir / (DEFAULT_RUN_NAME if k == 1 else f"{DEFAULT_RUN_NAME}-{k}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise click.UsageError(f"no free run name under {env_dir}; pass --run-name")
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+class _LiveDisplay:
+    """A rich progress bar per seed: steps, SPS, latest return, ETA."""
+
+    def __init__(self, console: Console, configs: list[Config]) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]seed {task.fields[seed]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[sps]:>6} sps"), TextColumn("return {task.fields[ret]:>8}"),
+            TimeRemainingColumn(), console=console)
+        self.tasks = {cfg.seed: self.progress.add_task("train", total=cfg.num_iterations * cfg.batch_size,
+                                                       seed=cfg.seed, sps="-", ret="-", start=False)
+                      for cfg in configs}
+
+    def __enter__(self) -> _LiveDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_event(self, event: tuple[str, int, Any]) -> None:
+        kind, seed, payload = event
+        task = self.tasks[seed]
+        if kind == "start":
+            self.progress.start_task(task)
+        elif kind == "iteration":
+            ret = payload["final_return"]
+            self.progress.update(task, completed=payload["global_step"], sps=str(payload["sps"]), ret=_fmt(ret))
+
+
+class _QuietDisplay:
+    """One plain line per iteration and seed."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def __enter__(self) -> _QuietDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def on_event(self, event: tuple[str, int, Any]) -> None:
+        kind, seed, payload = event
+        if kind == "iteration":
+            self.console.print(f"seed {seed} step {payload['global_step']}/{payload['total_steps']} "
+                               f"sps {payload['sps']} return {_fmt(payload['final_return'])}",
+                               highlight=False, soft_wrap=True)
+
+
+def _print_summary(console: Console, results: list[Any]) -> None:
+    table = Table(title="Runs")
+    for column in ("seed", "status", "final return", "steps", "wall time", "files"):
+        table.add_column(column, justify="right" if column in {"final return", "steps", "wall time"} else "left",
+                         overflow="fold")
+    for r in results:
+        style = {"finished": "green", "interrupted": "yellow", "failed": "red"}[r.status]
+        table.add_row(str(r.seed), f"[{style}]{r.status}[/{style}]", _fmt(r.final_return), f"{r.global_step:,}",
+                      f"{r.wall_time_s:.1f} s", r.run_dir)
+    console.print(table)
+    for r in results:
+        if r.message:
+            console.print(f"seed {r.seed}: {r.message}", highlight=False, soft_wrap=True)
+        if r.status == "interrupted" and r.checkpoint and r.global_step:
+            console.print(f"seed {r.seed}: checkpoint of step {r.global_step:,} in {r.checkpoint}",
+                          highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    cli(prog_name="ppo")

@@ -1,0 +1,158 @@
+"""The one hyperparameter record that travels from the CLI to the trainer and into ``config.json``.
+
+Every field has a ``help`` text in its metadata; the CLI builds its ``ppo train`` options from
+these fields (``clip_coef`` -> ``--clip-coef``), so a name, its default and its documentation
+live here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A hyperparameter value that cannot be used. ``fields`` names the offending field(s)."""
+
+    def __init__(self, fields: str | tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.fields = (fields,) if isinstance(fields, str) else tuple(fields)
+
+
+def _opt(default: Any, help: str) -> Any:  # noqa: A002 - "help" is the natural name here
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Hyperparameters of one PPO training run (one seed).
+
+    Defaults are the widely used MuJoCo PPO settings (Schulman et al. 2017; CleanRL, rl-zoo).
+    Derived sizes (``batch_size``, ``minibatch_size``, ``num_iterations``) are properties.
+    """
+
+    env_id: str = _opt("", "Gymnasium id or 'package.module:attr' of the environment.")
+    seed: int = _opt(0, "Seed of this run (environments, initial weights, sampling, minibatches).")
+    total_steps: int = _opt(1_000_000, "Environment steps to train for (all environments together).")
+    num_envs: int = _opt(1, "Environments stepped side by side in one process.")
+    num_steps: int = _opt(2048, "Steps per environment in each rollout.")
+    update_epochs: int = _opt(10, "Passes over each rollout batch.")
+    num_minibatches: int = _opt(32, "Minibatches per pass; must divide num_steps * num_envs.")
+    lr: float = _opt(3e-4, "Adam learning rate (eps 1e-5).")
+    anneal_lr: bool = _opt(True, "Decay the learning rate linearly to 0 over the run.")
+    gamma: float = _opt(0.99, "Discount factor, in (0, 1].")
+    gae_lambda: float = _opt(0.95, "GAE lambda, in (0, 1].")
+    clip_coef: float = _opt(0.2, "PPO ratio clip (and value clip, with --clip-vloss).")
+    dual_clip: float | None = _opt(
+        None, "Dual-clip bound c > 1: for negative advantages the objective is at least c * A."
+    )
+    clip_vloss: bool = _opt(True, "Clip the value update around the old value (max of both errors).")
+    ent_coef: float = _opt(0.0, "Entropy bonus coefficient.")
+    vf_coef: float = _opt(0.5, "Value loss coefficient.")
+    max_grad_norm: float = _opt(0.5, "Global gradient-norm clip.")
+    target_kl: float | None = _opt(
+        None, "Stop this iteration's remaining updates once approx KL exceeds it (off if unset)."
+    )
+    norm_obs: bool = _opt(True, "Normalise observations with running mean/std (clip +-obs_clip).")
+    norm_reward: bool = _opt(True, "Scale rewards by the running std of the discounted return.")
+    obs_clip: float = _opt(10.0, "Clip bound of normalised observations.")
+    reward_clip: float = _opt(10.0, "Clip bound of normalised rewards.")
+    hidden_sizes: tuple[int, ...] = _opt((64, 64), "Hidden layer widths of both MLPs (tanh), e.g. 64,64.")
+    checkpoint_interval: int = _opt(10, "Write checkpoint.pt every this many iterations (and at the end).")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        self._validate()
+
+    # ----------------------------------------------------------------------------- derived sizes
+    @property
+    def batch_size(self) -> int:
+        """Transitions per rollout: ``num_steps * num_envs``."""
+        return self.num_steps * self.num_envs
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_iterations(self) -> int:
+        """Rollout + update cycles: ``total_steps // batch_size``."""
+        return self.total_steps // self.batch_size
+
+    # ----------------------------------------------------------------------------- validation
+    def _validate(self) -> None:
+        if not self.env_id:
+            raise ConfigError("env_id", "env_id is empty; give a Gymnasium id or 'module:attr'")
+        for name in ("total_steps", "num_envs", "num_steps", "update_epochs", "num_minibatches",
+                     "checkpoint_interval"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(name, f"{name} must be a positive integer, got {value}")
+        if self.seed < 0:
+            raise ConfigError("seed", f"seed must be >= 0, got {self.seed}")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ConfigError("hidden_sizes", f"hidden_sizes must be positive widths like 64,64, "
+                                              f"got {','.join(map(str, self.hidden_sizes)) or 'nothing'}")
+        for name in ("lr", "clip_coef", "max_grad_norm", "obs_clip", "reward_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(name, f"{name} must be a positive number, got {value}")
+        for name in ("ent_coef", "vf_coef"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(name, f"{name} must be >= 0, got {value}")
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ConfigError(name, f"{name} must be in (0, 1], got {value}")
+        if self.dual_clip is not None and not (math.isfinite(self.dual_clip) and self.dual_clip > 1):
+            raise ConfigError("dual_clip", f"dual_clip must be > 1 (e.g. 3), got {self.dual_clip}")
+        if self.target_kl is not None and not (math.isfinite(self.target_kl) and self.target_kl > 0):
+            raise ConfigError("target_kl", f"target_kl must be a positive number, got {self.target_kl}")
+        if self.batch_size % self.num_minibatches:
+            divisors = [d for d in (64, 32, 16, 8, 4, 2, 1) if self.batch_size % d == 0]
+            raise ConfigError(
+                ("num_minibatches", "num_steps", "num_envs"),
+                f"num_minibatches {self.num_minibatches} does not divide the batch size "
+                f"{self.batch_size} (num_steps {self.num_steps} x num_envs {self.num_envs}); "
+                f"try {divisors[0]}",
+            )
+        if self.total_steps < self.batch_size:
+            raise ConfigError(
+                ("total_steps", "num_steps", "num_envs"),
+                f"total_steps {self.total_steps} is less than one rollout batch of {self.batch_size} "
+                f"(num_steps {self.num_steps} x num_envs {self.num_envs}); raise total_steps or "
+                f"lower num_steps",
+            )
+
+    # ----------------------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["hidden_sizes"] = list(self.hidden_sizes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(tuple(unknown), f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def config_fields() -> tuple[dataclasses.Field, ...]:
+    """The dataclass fields of :class:`Config`, in declaration order (used to build CLI options)."""
+    return dataclasses.fields(Config)

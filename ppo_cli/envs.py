@@ -1,0 +1,229 @@
+"""Environment names and the one place where training environments are built.
+
+Names: an alias (``hopper`` -> the newest registered ``Hopper-v*``), any registered Gymnasium id
+(``Hopper-v4``), or ``package.module:attr`` naming an environment class or factory of the user's.
+
+Stepping: :class:`EnvBatch` holds ``num_envs`` environments and steps them in one Python loop.
+The stack it builds, in order, from inside out:
+
+1. the environment as registered (``gymnasium.make``) or as the user's factory returns it;
+2. Gymnasium's generic outer wrappers ``PassiveEnvChecker``, ``OrderEnforcing`` and ``TimeLimit``
+   are peeled off (they cost time on every step); the time limit they enforced is applied by
+   :class:`EnvBatch` itself with the same semantics (``truncated`` once ``max_episode_steps`` steps
+   have passed, unless the step also terminated). Any other wrapper stays in place;
+3. actions are clipped to the ``Box`` bounds just before ``step`` (the policy samples unclipped);
+4. an episode that ends is reset at once (same-step autoreset) and its final observation is
+   returned separately, so a truncated episode can be bootstrapped from it.
+
+Observation and reward filters are not wrappers: the trainer applies them to whole batches
+(:mod:`ppo_cli.wrappers`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.envs.registration import find_highest_version, registry
+from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
+
+# alias -> Gymnasium environment name (without version)
+ALIASES: dict[str, str] = {
+    "hopper": "Hopper",
+    "halfcheetah": "HalfCheetah",
+    "walker2d": "Walker2d",
+    "ant": "Ant",
+    "humanoid": "Humanoid",
+    "humanoid-standup": "HumanoidStandup",
+    "swimmer": "Swimmer",
+    "reacher": "Reacher",
+    "pusher": "Pusher",
+    "inverted-pendulum": "InvertedPendulum",
+    "inverted-double-pendulum": "InvertedDoublePendulum",
+    "pendulum": "Pendulum",
+    "mountaincar-continuous": "MountainCarContinuous",
+    "lunarlander-continuous": "LunarLanderContinuous",
+    "bipedalwalker": "BipedalWalker",
+    "cartpole": "CartPole",
+    "acrobot": "Acrobot",
+}
+
+
+class EnvError(ValueError):
+    """An environment that cannot be found, imported or trained on."""
+
+
+def alias_table() -> list[tuple[str, str]]:
+    """``(alias, resolved id)`` pairs; the id is ``-`` where the environment is not registered."""
+    rows = []
+    for alias, name in ALIASES.items():
+        version = find_highest_version(None, name)
+        rows.append((alias, f"{name}-v{version}" if version is not None else "-"))
+    return rows
+
+
+def resolve_env_id(name: str) -> str:
+    """Turn a user's environment name into a Gymnasium id or a checked ``module:attr`` string."""
+    name = name.strip()
+    if ":" in name:
+        _load_entry_point(name)
+        return name
+    base = ALIASES.get(name.lower(), name)
+    if base in registry:
+        return base
+    version = find_highest_version(None, base)
+    if version is not None:
+        return f"{base}-v{version}"
+    candidates = list(ALIASES) + [env_id for env_id in registry if "/" not in env_id]
+    close = difflib.get_close_matches(name.lower(), [c.lower() for c in candidates], n=3, cutoff=0.6)
+    lookup = {c.lower(): c for c in candidates}
+    hint = f"; did you mean {', '.join(lookup[c] for c in close)}?" if close else ""
+    raise EnvError(f"unknown environment {name!r}{hint} (`ppo envs` lists the aliases; any "
+                   f"registered Gymnasium id or 'package.module:attr' works too)")
+
+
+def _load_entry_point(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise EnvError(f"{spec!r} is not of the form 'package.module:attr'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # an import can fail in any way; report it in one line
+        raise EnvError(f"cannot import module {module_name!r} of {spec!r}: {type(exc).__name__}: {exc}") from exc
+    try:
+        target = module
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except AttributeError:
+        raise EnvError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(target):
+        raise EnvError(f"{spec!r} is not a class or factory (got {type(target).__name__})")
+    return target
+
+
+def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    """Build one environment from a resolved id (see :func:`resolve_env_id`)."""
+    if ":" in env_id:
+        factory = _load_entry_point(env_id)
+        try:
+            env = factory(render_mode=render_mode) if render_mode else factory()
+        except Exception as exc:
+            raise EnvError(f"{env_id!r} failed to build an environment: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(env, gym.Env):
+            raise EnvError(f"{env_id!r} returned {type(env).__name__}, not a gymnasium.Env")
+        return env
+    try:
+        return gym.make(env_id, render_mode=render_mode)
+    except gym.error.Error as exc:
+        raise EnvError(f"cannot make {env_id!r}: {exc}") from exc
+    except ImportError as exc:  # e.g. a Box2D task without the box2d extra
+        raise EnvError(f"cannot make {env_id!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class EnvSpaces:
+    """What the agent needs to know of an environment."""
+
+    obs_dim: int
+    act_dim: int  # action vector length, or number of discrete actions
+    discrete: bool
+    action_low: np.ndarray | None
+    action_high: np.ndarray | None
+
+
+def check_spaces(env: gym.Env, env_id: str) -> EnvSpaces:
+    """Accept a flat ``Box`` observation space and a ``Box`` or ``Discrete`` action space."""
+    obs_space, act_space = env.observation_space, env.action_space
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise EnvError(f"{env_id}: observation space {obs_space} is not supported; "
+                       f"ppo needs a flat Box observation space")
+    if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+        return EnvSpaces(obs_space.shape[0], act_space.shape[0], False,
+                         act_space.low.astype(np.float64), act_space.high.astype(np.float64))
+    if isinstance(act_space, gym.spaces.Discrete):
+        return EnvSpaces(obs_space.shape[0], int(act_space.n), True, None, None)
+    raise EnvError(f"{env_id}: action space {act_space} is not supported; "
+                   f"ppo handles Box (Gaussian policy) and Discrete (categorical policy)")
+
+
+def _peel(env: gym.Env) -> tuple[gym.Env, int | None]:
+    """Remove the generic outer wrappers; return the inner env and the time limit they enforced."""
+    max_steps = None
+    while isinstance(env, (TimeLimit, OrderEnforcing, PassiveEnvChecker)):
+        if isinstance(env, TimeLimit):
+            max_steps = env._max_episode_steps
+        env = env.env
+    return env, max_steps
+
+
+class EnvBatch:
+    """``num_envs`` environments stepped in one loop, with time limits and same-step autoreset.
+
+    ``step`` returns preallocated buffers that the next call overwrites: copy what you keep.
+    Raw (unfiltered) episode returns and lengths of finished episodes collect in ``finished``.
+    """
+
+    def __init__(self, env_id: str, num_envs: int, seeds: list[int]) -> None:
+        if len(seeds) != num_envs:
+            raise ValueError(f"need {num_envs} seeds, got {len(seeds)}")
+        made = [make_env(env_id) for _ in range(num_envs)]
+        self.spaces = check_spaces(made[0], env_id)
+        peeled = [_peel(env) for env in made]
+        self.envs = [env for env, _ in peeled]
+        self.max_episode_steps = peeled[0][1]
+        self.seeds = list(seeds)
+        self.num_envs = num_envs
+        n, d = num_envs, self.spaces.obs_dim
+        self.obs = np.zeros((n, d), dtype=np.float64)
+        self.final_obs = np.zeros((n, d), dtype=np.float64)
+        self.rewards = np.zeros(n, dtype=np.float64)
+        self.terminated = np.zeros(n, dtype=bool)
+        self.truncated = np.zeros(n, dtype=bool)
+        self.episode_return = np.zeros(n, dtype=np.float64)
+        self.episode_length = np.zeros(n, dtype=np.int64)
+        self.finished: list[tuple[float, int]] = []  # (raw return, length)
+
+    def reset(self) -> np.ndarray:
+        """First reset, seeding each environment; returns observations ``(num_envs, obs_dim)``."""
+        for i, env in enumerate(self.envs):
+            self.obs[i] = env.reset(seed=self.seeds[i])[0]
+        self.episode_return[:] = 0.0
+        self.episode_length[:] = 0
+        return self.obs
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Step every environment; returns ``(obs, rewards, terminated, truncated, final_obs)``.
+
+        ``obs`` already holds the first observation of the next episode where one ended;
+        ``final_obs[i]`` is the last observation of that ended episode (meaningful only there).
+        """
+        spaces = self.spaces
+        if not spaces.discrete:
+            actions = np.clip(actions, spaces.action_low, spaces.action_high)
+        max_steps = self.max_episode_steps
+        for i, env in enumerate(self.envs):
+            obs, reward, terminated, truncated, _ = env.step(actions[i])
+            self.episode_return[i] += reward
+            length = self.episode_length[i] + 1
+            self.episode_length[i] = length
+            if max_steps is not None and length >= max_steps:
+                truncated = True
+            self.rewards[i] = reward
+            self.terminated[i] = terminated
+            self.truncated[i] = truncated and not terminated
+            if terminated or truncated:
+                self.final_obs[i] = obs
+                self.finished.append((float(self.episode_return[i]), int(length)))
+                self.episode_return[i] = 0.0
+                self.episode_length[i] = 0
+                obs = env.reset()[0]
+            self.obs[i] = obs
+        return self.obs, self.rewards, self.terminated, self.truncated, self.final_obs
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()

@@ -1,0 +1,340 @@
+"""``train(config, run_dir) -> TrainResult``: PPO's loop, collect -> GAE -> update -> log.
+
+Decisions, stated once (the README repeats them):
+
+* Rollout: ``num_steps`` x ``num_envs`` transitions into preallocated storage. Actions come from a
+  numpy copy of the policy (:class:`~ppo_cli.agent.RolloutPolicy`); the Gaussian noise of the whole
+  rollout is drawn in one call at its start. Observations are normalised (statistics updated) as
+  they arrive; rewards are scaled by the reward filter; both only during training.
+* GAE: see :mod:`ppo_cli.rollout` (terminations bootstrap with 0, truncations with V(final obs)).
+* Update: ``update_epochs`` passes over the batch in ``num_minibatches`` shuffled minibatches;
+  advantages normalised per minibatch; clipped (optionally dual-clip) surrogate; value loss clipped
+  around the old value (``--clip-vloss``); entropy bonus; global grad-norm clip; Adam (eps 1e-5),
+  learning rate annealed linearly from ``lr`` to 0 over the run (``--anneal-lr``).
+* KL early stop: before each minibatch's gradient step the KL estimate ``mean((r-1) - log r)`` of
+  the current policy against the rollout policy is computed on that minibatch; if it exceeds
+  ``target_kl`` that step and all remaining steps of the iteration are skipped.
+  ``update_fraction`` in ``progress.csv`` is the share of planned steps that ran.
+  Diagnostics average over every minibatch evaluated, including the one that stopped the update.
+* Checkpoints hold the state at the end of an iteration; on Ctrl-C the state of the last finished
+  iteration is written. A non-finite loss or parameter stops the run, keeping the last good state.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ppo_cli import losses
+from ppo_cli.agent import ActorCritic, RolloutPolicy
+from ppo_cli.checkpoint import package_versions, save_checkpoint, to_tensors
+from ppo_cli.config import Config
+from ppo_cli.diagnostics import EPISODE_COLUMNS, PROGRESS_COLUMNS, CsvLog
+from ppo_cli.envs import EnvBatch
+from ppo_cli.rollout import RolloutStorage, gae
+from ppo_cli.wrappers import ObservationNormalizer, RewardNormalizer
+
+log = logging.getLogger(__name__)
+
+FINAL_RETURN_EPISODES = 10  # "final return" = mean raw return of the last this-many episodes
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss, gradient or parameter became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """How one seed's run ended."""
+
+    seed: int
+    run_dir: str
+    status: str  # "finished" | "interrupted" | "failed"
+    global_step: int = 0
+    iterations: int = 0
+    final_return: float | None = None
+    wall_time_s: float = 0.0
+    message: str = ""
+    checkpoint: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished"
+
+
+@dataclass
+class UpdateStats:
+    """Averages over the minibatches evaluated in one iteration's update."""
+
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    approx_kl: float
+    clipfrac: float
+    update_fraction: float
+    action_std: float | None
+
+
+@dataclass
+class _Seeds:
+    """Independent random streams derived from one seed (numpy ``SeedSequence``)."""
+
+    rng: np.random.Generator
+    torch_seed: int
+    env_seeds: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_seed(cls, seed: int, num_envs: int) -> _Seeds:
+        root = np.random.SeedSequence(seed)
+        sampling, weights, envs = root.spawn(3)
+        env_seeds = [int(s) for s in envs.generate_state(num_envs, dtype=np.uint32)]
+        return cls(np.random.Generator(np.random.PCG64(sampling)),
+                   int(weights.generate_state(1, dtype=np.uint32)[0]), env_seeds)
+
+
+class _DeferredInterrupt:
+    """Turn the first Ctrl-C into a flag checked at safe points; a second one interrupts at once.
+
+    So an iteration's results (CSV row, in-memory snapshot, checkpoint) are never half-committed.
+    Only installs in the main thread (signal handlers cannot be set elsewhere).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+def explained_variance(values: np.ndarray, returns: np.ndarray) -> float:
+    """``1 - Var(returns - values) / Var(returns)``; NaN when the returns have no variance."""
+    var = float(np.var(returns))
+    return math.nan if var == 0.0 else 1.0 - float(np.var(returns - values)) / var
+
+
+def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+               config: Config, rng: np.random.Generator) -> UpdateStats:
+    """Run PPO's update passes over one rollout batch (tensors flattened to ``(batch_size, ...)``)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    obs, actions = batch["obs"], batch["actions"]
+    old_logprobs, old_values = batch["logprobs"], batch["values"]
+    advantages, returns = batch["advantages"], batch["returns"]
+    batch_size, mb_size = config.batch_size, config.minibatch_size
+    planned = config.update_epochs * config.num_minibatches
+    vclip = config.clip_coef if config.clip_vloss else None
+    stats = torch.zeros(planned, 5)  # policy_loss, value_loss, entropy, approx_kl, clipfrac
+    evaluated = steps = 0
+    stopped = False
+    for _epoch in range(config.update_epochs):
+        order = torch.from_numpy(rng.permutation(batch_size))
+        for start in range(0, batch_size, mb_size):
+            idx = order[start:start + mb_size]
+            logprob, entropy, value = agent.evaluate(obs[idx], actions[idx])
+            logratio = logprob - old_logprobs[idx]
+            ratio = torch.exp(logratio)
+            adv = advantages[idx]
+            if mb_size > 1:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            pg_loss = losses.clipped_surrogate(ratio, adv, config.clip_coef, config.dual_clip)
+            v_loss = losses.value_loss(value, old_values[idx], returns[idx], vclip)
+            ent = entropy.mean()
+            loss = pg_loss - config.ent_coef * ent + config.vf_coef * v_loss
+            with torch.no_grad():
+                kl = losses.approx_kl(logratio)
+                stats[evaluated] = torch.stack(
+                    (pg_loss, v_loss, ent, kl, losses.clip_fraction(ratio, config.clip_coef)))
+            evaluated += 1
+            if config.target_kl is not None and kl.item() > config.target_kl:
+                stopped = True
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
+            optimizer.step()
+            steps += 1
+        if stopped:
+            break
+    mean = stats[:evaluated].mean(0).tolist()
+    action_std = None if agent.discrete else float(torch.exp(agent.log_std.detach()).mean())
+    return UpdateStats(*mean, update_fraction=steps / planned, action_std=action_std)
+
+
+def _check_finite(agent: ActorCritic, stats: UpdateStats, iteration: int) -> None:
+    for name in ("policy_loss", "value_loss", "entropy", "approx_kl"):
+        value = getattr(stats, name)
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"{name} became {value} in iteration {iteration}")
+    for name, p in agent.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise TrainingDiverged(f"parameter {name} became non-finite in iteration {iteration}")
+
+
+def train(config: Config, run_dir: Path,
+          on_iteration: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train one seed; write ``config.json``, ``progress.csv``, ``episodes.csv``, ``checkpoint.pt``.
+
+    ``run_dir`` must exist. ``on_iteration`` receives every ``progress.csv`` row as a dict
+    (plus ``total_steps``). Ctrl-C ends the run early with status ``interrupted``.
+    """
+    run_dir = Path(run_dir)
+    start = time.perf_counter()
+    torch.set_num_threads(1)  # small matrices: threads only add synchronisation overhead
+    (run_dir / "config.json").write_text(config.to_json(), encoding="utf-8")
+
+    seeds = _Seeds.from_seed(config.seed, config.num_envs)
+    rng = seeds.rng
+    envs = EnvBatch(config.env_id, config.num_envs, seeds.env_seeds)
+    spaces = envs.spaces
+    agent = ActorCritic(spaces.obs_dim, spaces.act_dim, config.hidden_sizes, spaces.discrete, seeds.torch_seed)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5)
+    policy = RolloutPolicy(agent)
+    obs_filter = ObservationNormalizer((spaces.obs_dim,), config.obs_clip, enabled=config.norm_obs)
+    reward_filter = RewardNormalizer(config.num_envs, config.gamma, config.reward_clip, enabled=config.norm_reward)
+    action_shape = () if spaces.discrete else (spaces.act_dim,)
+    storage = RolloutStorage(config.num_steps, config.num_envs, spaces.obs_dim, action_shape)
+    progress_log = CsvLog(run_dir / "progress.csv", PROGRESS_COLUMNS)
+    episode_log = CsvLog(run_dir / "episodes.csv", EPISODE_COLUMNS)
+    checkpoint_path = run_dir / "checkpoint.pt"
+
+    def snapshot(global_step: int, iteration: int) -> dict[str, Any]:
+        return copy.deepcopy({
+            "config": config.to_dict(), "env_id": config.env_id, "global_step": global_step,
+            "iteration": iteration, "versions": package_versions(),
+            "spaces": {"obs_dim": spaces.obs_dim, "act_dim": spaces.act_dim, "discrete": spaces.discrete},
+            "model": agent.state_dict(), "optimizer": optimizer.state_dict(),
+            "obs_rms": to_tensors(obs_filter.state_dict()), "reward_rms": to_tensors(reward_filter.state_dict()),
+        })
+
+    result = TrainResult(config.seed, str(run_dir), "finished", checkpoint=str(checkpoint_path))
+    num_steps, num_envs = config.num_steps, config.num_envs
+    global_step = iteration = 0
+    recent_returns: list[float] = []
+    last_good = snapshot(0, 0)
+    saved_iteration = -1
+    with _DeferredInterrupt() as interrupt:
+        try:
+            obs = obs_filter(envs.reset())
+            for iteration in range(1, config.num_iterations + 1):
+                iter_start = time.perf_counter()
+                lr = config.lr * (1.0 - (iteration - 1) / config.num_iterations) if config.anneal_lr else config.lr
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+
+                # ---- collect
+                if spaces.discrete:
+                    noise = rng.random((num_steps, num_envs, 1), dtype=np.float32)
+                else:
+                    noise = rng.standard_normal((num_steps, num_envs, spaces.act_dim), dtype=np.float32)
+                for t in range(num_steps):
+                    interrupt.check()
+                    storage.obs[t] = obs
+                    actions, logprobs, values = policy.act(obs, noise[t])
+                    storage.actions[t] = actions
+                    storage.logprobs[t] = logprobs
+                    storage.values[t] = values
+                    next_obs, rewards, terminated, truncated, final_obs = envs.step(actions)
+                    dones = terminated | truncated
+                    if truncated.any():
+                        storage.bootstrap_values[t, truncated] = policy.value(obs_filter.normalize(final_obs[truncated]))
+                    storage.rewards[t] = reward_filter(rewards, dones)
+                    storage.terminated[t] = terminated
+                    storage.truncated[t] = truncated
+                    obs = obs_filter(next_obs)
+                global_step += num_steps * num_envs
+                last_value = policy.value(obs)
+
+                # ---- advantages
+                dones = storage.terminated | storage.truncated
+                advantages, returns = gae(storage.rewards, storage.values, storage.next_values(last_value),
+                                          storage.terminated, dones, config.gamma, config.gae_lambda)
+                flat = config.batch_size
+                batch = {
+                    "obs": torch.from_numpy(storage.obs.reshape(flat, -1)),
+                    "actions": torch.from_numpy(storage.actions.reshape((flat,) + action_shape)),
+                    "logprobs": torch.from_numpy(storage.logprobs.reshape(flat)),
+                    "values": torch.from_numpy(storage.values.reshape(flat)),
+                    "advantages": torch.from_numpy(advantages.reshape(flat).astype(np.float32)),
+                    "returns": torch.from_numpy(returns.reshape(flat).astype(np.float32)),
+                }
+
+                # ---- update
+                interrupt.check()
+                update_start = time.perf_counter()
+                stats = ppo_update(agent, optimizer, batch, config, rng)
+                _check_finite(agent, stats, iteration)
+                policy.sync(agent)
+                update_time = time.perf_counter() - update_start
+
+                # ---- log
+                finished, envs.finished = envs.finished, []
+                if finished:
+                    episode_log.write_many([(global_step, ret, length) for ret, length in finished])
+                    recent_returns = (recent_returns + [ret for ret, _ in finished])[-FINAL_RETURN_EPISODES:]
+                now = time.perf_counter()
+                row = {
+                    "global_step": global_step, "iteration": iteration,
+                    "time_s": round(now - start, 3), "sps": int(num_steps * num_envs / (now - iter_start)),
+                    "episodic_return": float(np.mean([r for r, _ in finished])) if finished else None,
+                    "episodic_length": float(np.mean([n for _, n in finished])) if finished else None,
+                    "episodes": len(finished),
+                    "policy_loss": stats.policy_loss, "value_loss": stats.value_loss, "entropy": stats.entropy,
+                    "action_std": stats.action_std, "approx_kl": stats.approx_kl, "clipfrac": stats.clipfrac,
+                    "explained_variance": explained_variance(storage.values.ravel(), returns.ravel()),
+                    "learning_rate": lr, "update_fraction": stats.update_fraction,
+                }
+                progress_log.write(row)
+                last_good = snapshot(global_step, iteration)
+                if iteration % config.checkpoint_interval == 0 or iteration == config.num_iterations:
+                    save_checkpoint(checkpoint_path, last_good)
+                    saved_iteration = iteration
+                if on_iteration is not None:
+                    on_iteration({**row, "total_steps": config.num_iterations * config.batch_size,
+                                  "update_time_s": update_time, "final_return": _mean(recent_returns)})
+        except KeyboardInterrupt:
+            result.status = "interrupted"
+            result.message = f"interrupted; saved the state after iteration {last_good['iteration']}"
+        except TrainingDiverged as exc:
+            result.status = "failed"
+            result.message = f"{exc}; kept the state after iteration {last_good['iteration']}"
+        finally:
+            if last_good["iteration"] != saved_iteration:
+                save_checkpoint(checkpoint_path, last_good)
+            progress_log.close()
+            episode_log.close()
+            envs.close()
+    result.global_step = last_good["global_step"]
+    result.iterations = last_good["iteration"]
+    result.final_return = _mean(recent_returns)
+    result.wall_time_s = time.perf_counter() - start
+    return result
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None

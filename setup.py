@@ -1,0 +1,31 @@
+"""Packaging for ``ppo``: one distribution, one console script."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = {}
+exec((here / "ppo_cli" / "_version.py").read_text(), version)
+
+setup(
+    name="ppo-cli",
+    version=version["__version__"],
+    description="Train, evaluate and diagnose PPO agents on continuous-control tasks.",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ppo_cli", "ppo_cli.*"]),
+    install_requires=[
+        "torch>=2.2",
+        "gymnasium[mujoco]>=1.0",
+        "mujoco>=3.0",
+        "numpy>=1.24",
+        "click>=8.1",
+        "rich>=13",
+        "pandas>=2.0",
+        "seaborn>=0.13",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["ppo=ppo_cli.cli:main"]},
+)

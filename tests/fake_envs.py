@@ -1,0 +1,66 @@
+"""Tiny environments for tests: importable as 'tests.fake_envs:NAME'."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+
+class PointEnv(gym.Env):
+    """Move a point on a line towards 0. Terminates when |x| > 5, truncates after 50 steps."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, render_mode: str | None = None, nan_after: int | None = None) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float64)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.render_mode = render_mode
+        self.nan_after = nan_after
+        self.total = 0
+        self.x = 0.0
+        self.t = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.x, self.t / 50.0])
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.x = float(self.np_random.uniform(-2, 2))
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.x += float(action[0])
+        self.t += 1
+        self.total += 1
+        reward = -abs(self.x)
+        if self.nan_after is not None and self.total > self.nan_after:
+            reward = float("nan")
+        return self._obs(), reward, abs(self.x) > 5, self.t >= 50, {}
+
+
+def point_factory() -> gym.Env:
+    return PointEnv()
+
+
+class MultiDiscreteEnv(gym.Env):
+    """An action space ppo does not support."""
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.MultiDiscrete([2, 3])
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+NOT_CALLABLE = 42
+
+
+def nan_after_600() -> gym.Env:
+    """PointEnv whose rewards become NaN after 600 steps."""
+    return PointEnv(nan_after=600)

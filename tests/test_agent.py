@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+import torch
+
+from ppo_cli.agent import ActorCritic, RolloutPolicy
+
+
+@pytest.mark.parametrize("hidden", [(64, 64), (32,), (16, 8, 4)])
+def test_numpy_rollout_policy_equals_torch_module(hidden):
+    agent = ActorCritic(5, 3, hidden, seed=1)
+    with torch.no_grad():  # move away from the init so every weight matters
+        for p in agent.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    policy = RolloutPolicy(agent)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(7, 5)).astype(np.float32)
+    noise = rng.standard_normal((7, 3), dtype=np.float32)
+    actions, logprobs, values = policy.act(obs, noise)
+    with torch.no_grad():
+        mean = agent.actor(torch.from_numpy(obs)).numpy()
+        logprob, _, value = agent.evaluate(torch.from_numpy(obs), torch.from_numpy(actions))
+    np.testing.assert_allclose(actions, mean + np.exp(agent.log_std.detach().numpy()) * noise, atol=1e-6)
+    np.testing.assert_allclose(logprobs, logprob.numpy(), atol=1e-5, rtol=1e-6)
+    np.testing.assert_allclose(values, value.numpy(), atol=1e-6)
+    np.testing.assert_allclose(policy.mode(obs), mean, atol=1e-6)
+
+
+def test_rollout_policy_follows_sync():
+    agent = ActorCritic(4, 2, (8, 8), seed=0)
+    policy = RolloutPolicy(agent)
+    with torch.no_grad():
+        agent.log_std.fill_(-1.0)
+        agent.critic[0].weight.mul_(3.0)
+    policy.sync(agent)
+    obs = np.ones((1, 4), dtype=np.float32)
+    np.testing.assert_allclose(policy.std, np.exp(-1.0), rtol=1e-6)
+    np.testing.assert_allclose(policy.value(obs), agent.value(torch.from_numpy(obs)).detach().numpy(), atol=1e-6)
+
+
+def test_categorical_policy_equals_torch_and_samples_its_probabilities():
+    agent = ActorCritic(3, 4, (16,), discrete=True, seed=2)
+    with torch.no_grad():
+        agent.actor[-1].weight.mul_(100.0)
+    policy = RolloutPolicy(agent)
+    obs = np.tile(np.array([[0.3, -0.2, 0.5]], dtype=np.float32), (20000, 1))
+    u = np.random.default_rng(0).random((20000, 1), dtype=np.float32)
+    actions, logprobs, _ = policy.act(obs, u)
+    with torch.no_grad():
+        logprob, entropy, _ = agent.evaluate(torch.from_numpy(obs[:5]), torch.from_numpy(actions[:5]).float())
+        probs = torch.softmax(agent.actor(torch.from_numpy(obs[:1])), -1).numpy()[0]
+    np.testing.assert_allclose(logprobs[:5], logprob.numpy(), atol=1e-5)
+    freq = np.bincount(actions, minlength=4) / len(actions)
+    np.testing.assert_allclose(freq, probs, atol=0.015)
+    assert entropy[0] == pytest.approx(-(probs * np.log(np.maximum(probs, 1e-30))).sum(), abs=1e-4)
+
+
+def test_gaussian_head_has_state_independent_log_std_and_orthogonal_init():
+    agent = ActorCritic(6, 2, (64, 64), seed=0)
+    assert agent.log_std.shape == (2,) and torch.all(agent.log_std == 0)
+    w = agent.actor[0].weight.detach()  # (64, 6): orthogonal columns scaled by sqrt(2)
+    torch.testing.assert_close(w.T @ w, 2.0 * torch.eye(6), atol=1e-5, rtol=0)
+    assert torch.linalg.norm(agent.actor[-1].weight) < 0.05  # small policy output layer
+    obs = torch.randn(3, 6)
+    _, entropy, _ = agent.evaluate(obs, torch.zeros(3, 2))
+    assert torch.allclose(entropy, entropy[0])  # same std in every state

@@ -1,0 +1,52 @@
+import dataclasses
+
+import pytest
+
+from ppo_cli.config import Config, ConfigError
+
+
+def test_defaults_are_the_common_mujoco_settings_and_sizes_are_derived():
+    c = Config(env_id="Hopper-v5")
+    assert (c.num_steps, c.update_epochs, c.num_minibatches, c.lr, c.gamma, c.gae_lambda) == \
+        (2048, 10, 32, 3e-4, 0.99, 0.95)
+    assert (c.clip_coef, c.clip_vloss, c.ent_coef, c.vf_coef, c.max_grad_norm, c.hidden_sizes) == \
+        (0.2, True, 0.0, 0.5, 0.5, (64, 64))
+    assert c.anneal_lr and c.norm_obs and c.norm_reward and c.target_kl is None and c.dual_clip is None
+    assert (c.batch_size, c.minibatch_size, c.num_iterations) == (2048, 64, 488)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.lr = 1.0  # type: ignore[misc]
+
+
+def test_json_round_trip():
+    c = Config(env_id="Pendulum-v1", seed=3, hidden_sizes=(32, 16), target_kl=0.02, dual_clip=3.0)
+    back = Config.from_json(c.to_json())
+    assert back == c and back.hidden_sizes == (32, 16)
+    with pytest.raises(ConfigError, match="unknown config field"):
+        Config.from_dict({**c.to_dict(), "bogus": 1})
+
+
+@pytest.mark.parametrize("changes, field, text", [
+    ({"num_envs": 0}, "num_envs", "positive integer, got 0"),
+    ({"total_steps": -5}, "total_steps", "positive integer"),
+    ({"update_epochs": 0}, "update_epochs", "positive integer"),
+    ({"lr": 0.0}, "lr", "positive number, got 0.0"),
+    ({"lr": float("nan")}, "lr", "positive number"),
+    ({"gamma": 1.5}, "gamma", "in (0, 1], got 1.5"),
+    ({"gamma": 0.0}, "gamma", "in (0, 1]"),
+    ({"gae_lambda": -0.1}, "gae_lambda", "in (0, 1]"),
+    ({"dual_clip": 1.0}, "dual_clip", "> 1"),
+    ({"target_kl": 0.0}, "target_kl", "positive"),
+    ({"ent_coef": -1.0}, "ent_coef", ">= 0"),
+    ({"hidden_sizes": (64, 0)}, "hidden_sizes", "positive widths"),
+    ({"num_minibatches": 7}, "num_minibatches", "does not divide the batch size 2048"),
+    ({"total_steps": 1000}, "total_steps", "less than one rollout batch of 2048"),
+])
+def test_validation_names_the_field_and_value(changes, field, text):
+    with pytest.raises(ConfigError) as info:
+        Config(env_id="Hopper-v5", **changes)
+    assert field in info.value.fields
+    assert text in str(info.value)
+
+
+def test_gamma_and_lambda_of_one_are_valid():
+    Config(env_id="Hopper-v5", gamma=1.0, gae_lambda=1.0)

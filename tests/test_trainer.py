@@ -1,0 +1,159 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ppo_cli import losses, trainer
+from ppo_cli.agent import ActorCritic
+from ppo_cli.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ppo_cli.config import Config
+from ppo_cli.diagnostics import EPISODE_COLUMNS, PROGRESS_COLUMNS, TIMING_COLUMNS
+from ppo_cli.trainer import ppo_update, train
+
+POINT = "tests.fake_envs:PointEnv"
+
+
+def small(**changes) -> Config:
+    base = dict(env_id=POINT, total_steps=1024, num_steps=256, num_minibatches=4, update_epochs=2,
+                hidden_sizes=(16, 16), checkpoint_interval=2)
+    return Config(**{**base, **changes})
+
+
+def _random_batch(n: int, obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"obs": torch.randn(n, obs_dim, generator=g), "actions": torch.randn(n, act_dim, generator=g),
+            "logprobs": torch.randn(n, generator=g) - 3.0, "values": torch.randn(n, generator=g),
+            "advantages": torch.randn(n, generator=g), "returns": torch.randn(n, generator=g)}
+
+
+def test_kl_early_stop_halts_the_update():
+    config = Config(env_id=POINT, total_steps=64, num_steps=64, num_minibatches=4, update_epochs=5,
+                    target_kl=1e-12)
+    agent = ActorCritic(3, 2, (8,), seed=0)
+    before = [p.detach().clone() for p in agent.parameters()]
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3, eps=1e-5)
+    stats = ppo_update(agent, optimizer, _random_batch(64), config, np.random.default_rng(0))
+    # random old log-probs: the KL is far above 1e-12 on the first minibatch, so nothing changes
+    assert stats.update_fraction == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, agent.parameters()))
+    stats = ppo_update(agent, optimizer, _random_batch(64), config.replace(target_kl=None), np.random.default_rng(0))
+    assert stats.update_fraction == 1.0
+    assert not all(torch.equal(a, b) for a, b in zip(before, agent.parameters()))
+
+
+def test_kl_early_stop_stops_midway_when_the_policy_moves():
+    config = Config(env_id=POINT, total_steps=256, num_steps=256, num_minibatches=8, update_epochs=10,
+                    lr=0.05, target_kl=0.01, anneal_lr=False)
+    agent = ActorCritic(3, 2, (8,), seed=0)
+    batch = _random_batch(256)
+    with torch.no_grad():  # old log-probs from the current policy: KL starts at exactly 0
+        batch["logprobs"] = agent.evaluate(batch["obs"], batch["actions"])[0]
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5)
+    stats = ppo_update(agent, optimizer, batch, config, np.random.default_rng(0))
+    assert 0.0 < stats.update_fraction < 1.0
+    assert stats.approx_kl > 0
+
+
+def test_train_writes_every_file_and_the_checkpoint_round_trips(tmp_path):
+    config = small()
+    result = train(config, tmp_path)
+    assert result.status == "finished" and result.global_step == 1024 and result.iterations == 4
+    assert Config.from_json((tmp_path / "config.json").read_text()) == config
+    progress = pd.read_csv(tmp_path / "progress.csv")
+    assert tuple(progress.columns) == PROGRESS_COLUMNS
+    assert progress["global_step"].tolist() == [256, 512, 768, 1024]
+    assert progress["update_fraction"].eq(1.0).all() and progress["action_std"].gt(0).all()
+    assert progress["learning_rate"].tolist() == pytest.approx([3e-4, 2.25e-4, 1.5e-4, 0.75e-4])
+    episodes = pd.read_csv(tmp_path / "episodes.csv")
+    assert tuple(episodes.columns) == EPISODE_COLUMNS and len(episodes) == progress["episodes"].sum()
+
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["global_step"] == 1024 and state["config"] == config.to_dict()
+    assert state["obs_rms"]["count"] == 1024 + 1  # every observation seen, incl. the first reset
+    assert state["reward_rms"]["count"] == 1024
+    agent = ActorCritic(2, 1, (16, 16), seed=0)
+    agent.load_state_dict(state["model"])
+    assert "torch" in state["versions"] and state["spaces"] == {"obs_dim": 2, "act_dim": 1, "discrete": False}
+    assert not list(tmp_path.glob(".checkpoint.pt.*"))  # no temp files left behind
+
+
+def test_checkpoint_loader_rejects_foreign_and_broken_files(tmp_path):
+    save_checkpoint(tmp_path / "ok.pt", {"x": torch.ones(2)})
+    assert load_checkpoint(tmp_path / "ok.pt")["x"].tolist() == [1.0, 1.0]
+    torch.save({"weights": torch.ones(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a ppo checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    data = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_same_seed_gives_identical_progress_apart_from_timing(tmp_path):
+    config = small(num_envs=2, num_steps=128, total_steps=768)
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    train(config, tmp_path / "a")
+    train(config, tmp_path / "b")
+    train(config.replace(seed=1), tmp_path / "c")
+    a, b, c = (pd.read_csv(tmp_path / n / "progress.csv").drop(columns=list(TIMING_COLUMNS)) for n in "abc")
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(c)
+    assert (tmp_path / "a" / "episodes.csv").read_text() == (tmp_path / "b" / "episodes.csv").read_text()
+
+
+def test_discrete_action_space_trains(tmp_path):
+    result = train(Config(env_id="CartPole-v1", total_steps=512, num_steps=128, num_minibatches=4,
+                          update_epochs=2), tmp_path)
+    assert result.status == "finished"
+    progress = pd.read_csv(tmp_path / "progress.csv")
+    assert progress["action_std"].isna().all() and progress["entropy"].gt(0).all()
+
+
+def test_nan_reward_stops_the_run_and_keeps_the_last_good_state(tmp_path):
+    config = small(env_id="tests.fake_envs:nan_after_600", total_steps=2048)
+    result = train(config, tmp_path)
+    assert result.status == "failed"
+    assert "became nan in iteration 3" in result.message
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["iteration"] == 2 and state["global_step"] == 512
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert len(pd.read_csv(tmp_path / "progress.csv")) == 2
+
+
+def test_interrupt_saves_the_last_finished_iteration(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = trainer.ppo_update
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "ppo_update", interrupting)
+    result = train(small(checkpoint_interval=100), tmp_path)
+    assert result.status == "interrupted" and "after iteration 2" in result.message
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["global_step"] == 512
+    assert len(pd.read_csv(tmp_path / "progress.csv")) == 2
+
+
+LEARN = Config(env_id="InvertedPendulum-v5", total_steps=20480, num_steps=1024, num_minibatches=32)
+LEARN_THRESHOLD = 500.0  # max 1000; a random policy scores ~5-10
+
+
+@pytest.mark.slow
+def test_learns_inverted_pendulum(tmp_path):
+    result = train(LEARN, tmp_path)
+    assert result.final_return is not None and result.final_return >= LEARN_THRESHOLD, result
+
+
+@pytest.mark.slow
+def test_a_sign_flipped_update_does_not_reach_the_threshold(tmp_path, monkeypatch):
+    """The learning threshold is one that a broken update misses."""
+    real = losses.clipped_surrogate
+    monkeypatch.setattr(losses, "clipped_surrogate", lambda *a, **k: -real(*a, **k))
+    result = train(LEARN, tmp_path)
+    assert result.final_return is not None and result.final_return < LEARN_THRESHOLD / 5, result
