@@ -25,6 +25,8 @@ setup(
         "rich>=13",
         "pandas>=2.0",
         "seaborn>=0.13",
+        "imageio>=2.28",
+        "imageio-ffmpeg>=0.4.8",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["ppo=ppo_cli.cli:main"]},

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
-import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -78,6 +79,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         raise
 
 
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (mkstemp uses 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load and check a checkpoint; never unpickles arbitrary objects (``weights_only=True``)."""
     path = Path(path)
@@ -86,10 +94,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f": {unsupported.group(1)}" if unsupported else ""
         raise CheckpointError(f"{path} was refused: it holds objects other than plain tensors and "
-                              f"containers ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+                              f"containers{what}; loading never runs code from a file") from None
+    except Exception as exc:  # torch.load fails in many ways on foreign bytes; none of them runs code
         raise CheckpointError(f"{path} is truncated or not a checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a ppo checkpoint (no '{FORMAT}' marker)")

@@ -160,6 +160,105 @@ def train(env: str, num_seeds: int, jobs: int | None, out_dir: Path, run_name: s
         raise SystemExit(130)
 
 
+@cli.command(name="eval")
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
+@click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True, help="Episodes per checkpoint.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the first reset.")
+@click.option("--deterministic/--stochastic", default=True, show_default=True,
+              help="Mean (or most likely) action, or sample from the policy.")
+@click.option("--render", is_flag=True,
+              help="Show a live window; without a display, write a video next to the checkpoint.")
+@click.option("--video", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write a video of the evaluation to this .mp4 or .gif file.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Video frame rate [default: the environment's render_fps].")
+@click.option("--frames", type=click.IntRange(min=1), default=None,
+              help="Record at most this many frames [default: the whole first episode].")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of tables.")
+def eval_command(checkpoint: Path, episodes: int, seed: int, deterministic: bool, render: bool, video: Path | None,
+                 fps: float | None, frames: int | None, as_json: bool) -> None:
+    """Evaluate CHECKPOINT with its own observation statistics and report raw returns.
+
+    CHECKPOINT is a checkpoint.pt, a seed folder holding one, or a run folder (every seed_*/ in it).
+    The result is also saved as eval.json next to each checkpoint.
+
+    \b
+    Example:
+      ppo eval results/Hopper-v5/default/seed_0/checkpoint.pt --render
+      ppo eval results/Hopper-v5/default --episodes 10 --json
+    """
+    import json
+
+    from ppo_cli.checkpoint import CheckpointError
+    from ppo_cli.envs import EnvError, make_env
+    from ppo_cli.evaluate import evaluate, find_checkpoints, load_agent, save_result
+    from ppo_cli.render import RenderError, VideoWriter, check_video_path, has_display, use_offscreen_backend
+
+    try:
+        paths = find_checkpoints(checkpoint)
+        loaded = [load_agent(p) for p in paths]
+    except CheckpointError as exc:
+        raise click.BadParameter(str(exc), param_hint="'CHECKPOINT'") from None
+    if video is not None:
+        if len(paths) > 1:
+            raise click.UsageError(f"--video needs one checkpoint, {checkpoint} holds {len(paths)}; "
+                                   f"pass a seed folder, or use --render to write one video per seed")
+        try:
+            check_video_path(video)
+        except RenderError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--video'") from None
+    render_mode = None
+    if video is not None or render:
+        live = render and video is None and has_display()
+        if not live:
+            try:
+                use_offscreen_backend()
+            except RenderError as exc:
+                raise click.UsageError(str(exc)) from None
+        render_mode = "human" if live else "rgb_array"
+    for agent in {a.config.env_id: a for a in loaded}.values():
+        try:
+            make_env(agent.config.env_id, render_mode=render_mode).close()
+        except EnvError as exc:
+            raise click.BadParameter(f"the checkpoint's environment cannot be built here: {exc}",
+                                     param_hint="'CHECKPOINT'") from None
+
+    console = Console()
+    results = []
+    for path, agent in zip(paths, loaded):
+        writer = None
+        if render_mode == "rgb_array":
+            writer = VideoWriter(video or path.parent / "eval.mp4", fps, frames)
+        try:
+            result = evaluate(path, agent, episodes, seed, deterministic, render_mode, writer)
+        except RenderError as exc:
+            raise click.ClickException(str(exc)) from None
+        save_result(result)
+        results.append(result)
+        if not as_json:
+            _print_eval(console, result)
+    if as_json:
+        payload = [r.to_dict() for r in results]
+        click.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+
+
+def _print_eval(console: Console, result: Any) -> None:
+    mode = "deterministic" if result.deterministic else "stochastic"
+    console.print(f"{result.checkpoint}", highlight=False, soft_wrap=True)
+    table = Table(title=f"{result.env_id} at step {result.global_step:,} ({mode})")
+    table.add_column("episode", justify="right")
+    table.add_column("return", justify="right")
+    table.add_column("length", justify="right")
+    for k, (ret, length) in enumerate(zip(result.returns, result.lengths)):
+        table.add_row(str(k), f"{ret:.1f}", str(length))
+    table.add_section()
+    table.add_row("mean +- std", f"{result.mean:.1f} +- {result.std:.1f}",
+                  f"{sum(result.lengths) / len(result.lengths):.0f}")
+    console.print(table)
+    if result.video:
+        console.print(f"video: {result.video}", highlight=False, soft_wrap=True)
+
+
 def _make_run_dir(out_dir: Path, env_id: str, run_name: str | None) -> Path:
     """Create ``OUT/<env id>/<run name>`` without ever reusing an existing folder."""
     env_dir = out_dir / re.sub(r"[^A-Za-z0-9._-]+", "_", env_id)

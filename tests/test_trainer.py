@@ -9,6 +9,7 @@ from ppo_cli.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ppo_cli.config import Config
 from ppo_cli.diagnostics import EPISODE_COLUMNS, PROGRESS_COLUMNS, TIMING_COLUMNS
 from ppo_cli.trainer import ppo_update, train
+from tests.conftest import LEARN, LEARN_THRESHOLD
 
 POINT = "tests.fake_envs:PointEnv"
 
@@ -140,13 +141,9 @@ def test_interrupt_saves_the_last_finished_iteration(tmp_path, monkeypatch):
     assert len(pd.read_csv(tmp_path / "progress.csv")) == 2
 
 
-LEARN = Config(env_id="InvertedPendulum-v5", total_steps=20480, num_steps=1024, num_minibatches=32)
-LEARN_THRESHOLD = 500.0  # max 1000; a random policy scores ~5-10
-
-
 @pytest.mark.slow
-def test_learns_inverted_pendulum(tmp_path):
-    result = train(LEARN, tmp_path)
+def test_learns_inverted_pendulum(trained_pendulum):
+    result = trained_pendulum
     assert result.final_return is not None and result.final_return >= LEARN_THRESHOLD, result
 
 

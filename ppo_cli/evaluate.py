@@ -1,0 +1,171 @@
+"""Evaluate a checkpoint: rebuild its environment and policy, apply its observation statistics.
+
+The observation filter is restored from the checkpoint and frozen (``training = False``); there is
+no reward filter: returns are the environment's raw returns. The environment is built exactly as
+``gymnasium.make`` (or the user's factory) gives it, with its own time limit. Reads checkpoints
+only; never imports the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ppo_cli.agent import ActorCritic, RolloutPolicy
+from ppo_cli.checkpoint import CheckpointError, file_mode, load_checkpoint, to_numpy
+from ppo_cli.config import Config, ConfigError
+from ppo_cli.envs import check_spaces, make_env
+from ppo_cli.render import VideoWriter
+from ppo_cli.wrappers import ObservationNormalizer
+
+EVAL_FILE = "eval.json"  # written next to the evaluated checkpoint
+
+
+@dataclass
+class EvalResult:
+    checkpoint: str
+    env_id: str
+    global_step: int
+    seed: int
+    deterministic: bool
+    returns: list[float]
+    lengths: list[int]
+    video: str | None = None
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.returns))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "episodes": len(self.returns), "mean": self.mean, "std": self.std}
+
+
+@dataclass
+class LoadedAgent:
+    """What evaluation needs from a checkpoint."""
+
+    config: Config
+    policy: RolloutPolicy
+    obs_filter: ObservationNormalizer
+    global_step: int
+
+
+def find_checkpoints(path: Path) -> list[Path]:
+    """A checkpoint file; a seed folder holding ``checkpoint.pt``; or a run folder of ``seed_*`` folders."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if (path / "checkpoint.pt").is_file():
+        return [path / "checkpoint.pt"]
+    found = sorted(path.glob("seed_*/checkpoint.pt"), key=lambda p: _seed_number(p.parent.name))
+    if not found:
+        raise CheckpointError(f"{path} holds no checkpoint.pt (nor seed_*/checkpoint.pt)")
+    return found
+
+
+def _seed_number(name: str) -> int:
+    suffix = name.removeprefix("seed_")
+    return int(suffix) if suffix.isdigit() else 1 << 30
+
+
+def load_agent(path: Path) -> LoadedAgent:
+    """Load a checkpoint (weights only) into a frozen observation filter and a rollout policy."""
+    state = load_checkpoint(path)
+    try:
+        config = Config.from_dict(state["config"])
+        spaces = state["spaces"]
+        agent = ActorCritic(spaces["obs_dim"], spaces["act_dim"], config.hidden_sizes, spaces["discrete"])
+        agent.load_state_dict(state["model"])
+        obs_filter = ObservationNormalizer((spaces["obs_dim"],), config.obs_clip, enabled=config.norm_obs,
+                                           training=False)
+        obs_filter.load_state_dict(to_numpy(state["obs_rms"]))
+    except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as exc:
+        raise CheckpointError(f"{path} is a damaged ppo checkpoint ({type(exc).__name__}: {exc})") from None
+    return LoadedAgent(config, RolloutPolicy(agent), obs_filter, int(state["global_step"]))
+
+
+def run_episodes(env: Any, policy: RolloutPolicy, obs_filter: ObservationNormalizer, episodes: int, seed: int,
+                 deterministic: bool = True, video: VideoWriter | None = None) -> tuple[list[float], list[int]]:
+    """Play ``episodes`` episodes; returns raw returns and lengths. The first reset is seeded with ``seed``.
+
+    Frames go to ``video`` from the first step until it is full (by default, the first episode).
+    """
+    rng = np.random.default_rng(seed)
+    spaces = check_spaces(env, str(env.spec.id if env.spec else env))
+    returns, lengths = [], []
+    recording = video is not None
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        if recording:
+            video.add(env.render())
+        total, length, done = 0.0, 0, False
+        while not done:
+            x = obs_filter(np.asarray(obs, dtype=np.float64)[None])
+            if deterministic:
+                action = policy.mode(x)[0]
+            else:
+                noise = rng.random((1, 1), dtype=np.float32) if spaces.discrete else \
+                    rng.standard_normal((1, spaces.act_dim), dtype=np.float32)
+                action = policy.act(x, noise)[0][0]
+            if not spaces.discrete:
+                action = np.clip(action, spaces.action_low, spaces.action_high)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            length += 1
+            done = terminated or truncated
+            if recording:
+                video.add(env.render())
+                recording = not video.full
+        returns.append(total)
+        lengths.append(length)
+        if video is not None and video.max_frames is None:
+            recording = False  # default: the whole first episode
+    return returns, lengths
+
+
+def evaluate(checkpoint: Path, loaded: LoadedAgent, episodes: int = 10, seed: int = 0, deterministic: bool = True,
+             render_mode: str | None = None, video: VideoWriter | None = None) -> EvalResult:
+    """Evaluate a loaded checkpoint; with ``video`` the frames are written to ``video.path``."""
+    env = make_env(loaded.config.env_id, render_mode=render_mode)
+    try:
+        if video is not None and video.fps is None:
+            video.fps = float(env.metadata.get("render_fps") or 30)
+        returns, lengths = run_episodes(env, loaded.policy, loaded.obs_filter, episodes, seed, deterministic, video)
+    finally:
+        env.close()
+    written = str(video.write()) if video is not None else None
+    return EvalResult(str(checkpoint), loaded.config.env_id, loaded.global_step, seed, deterministic, returns,
+                      lengths, written)
+
+
+def save_result(result: EvalResult) -> Path:
+    """Write ``eval.json`` next to the checkpoint (atomically); ``ppo plot --eval`` reads it."""
+    target = Path(result.checkpoint).parent / EVAL_FILE
+    fd, tmp = tempfile.mkstemp(prefix=".eval.", suffix=".json", dir=target.parent)
+    os.chmod(tmp, file_mode())
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(_json_safe(result.to_dict()), f, indent=2)
+    os.replace(tmp, target)
+    return target
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
