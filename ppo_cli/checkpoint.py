@@ -50,16 +50,38 @@ def to_tensors(state: Any) -> Any:
         return torch.from_numpy(state.copy())
     if isinstance(state, dict):
         return {k: to_tensors(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [to_tensors(v) for v in state]
     return state
 
 
 def to_numpy(state: Any) -> Any:
-    """Inverse of :func:`to_tensors` for filter statistics."""
+    """Inverse of :func:`to_tensors`."""
     if isinstance(state, torch.Tensor):
         return state.numpy()
     if isinstance(state, dict):
         return {k: to_numpy(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [to_numpy(v) for v in state]
     return state
+
+
+def required_bytes(config: Any, obs_dim: int, act_dim: int) -> int:
+    """Generous estimate of the disk one seed needs: two checkpoints (during the atomic replace) and the CSVs.
+
+    A checkpoint holds the weights and Adam's two moments (3 x 4 bytes a parameter), the replay
+    actions of the current episodes and some metadata; ``episodes.csv`` is budgeted for episodes
+    of 10 steps on average.
+    """
+    params = act_dim
+    for out_dim in (act_dim, 1):
+        width_in = obs_dim
+        for width in (*config.hidden_sizes, out_dim):
+            params += (width_in + 1) * width
+            width_in = width
+    checkpoint = 12 * params + config.num_envs * 1000 * act_dim * 8 + 256 * 1024
+    logs = config.num_iterations * 400 + config.total_steps // 10 * 40
+    return 2 * checkpoint + logs
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -93,12 +115,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} does not exist or is not a file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        what = f": {unsupported.group(1)}" if unsupported else ""
-        raise CheckpointError(f"{path} was refused: it holds objects other than plain tensors and "
-                              f"containers{what}; loading never runs code from a file") from None
     except Exception as exc:  # torch.load fails in many ways on foreign bytes; none of them runs code
+        unsupported = re.search(r"unsupported global:?\s+(?:GLOBAL\s+)?(\S+)", str(exc), re.IGNORECASE)
+        if isinstance(exc, pickle.UnpicklingError) and unsupported:
+            raise CheckpointError(f"{path} was refused: it holds objects other than plain tensors and containers "
+                                  f"({unsupported.group(1)}); loading never runs code from a file") from None
         raise CheckpointError(f"{path} is truncated or not a checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a ppo checkpoint (no '{FORMAT}' marker)")

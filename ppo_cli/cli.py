@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import types
 import typing
 from pathlib import Path
@@ -101,7 +102,7 @@ def envs() -> None:
 
 
 @cli.command()
-@click.argument("env")
+@click.argument("env", required=False)
 @config_options
 @click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Number of seeds: --seed, --seed + 1, ...")
@@ -111,9 +112,13 @@ def envs() -> None:
               help="Results folder; runs go to OUT/<env id>/<run name>/seed_<k>/.")
 @click.option("--run-name", default=None,
               help=f"Name of this run [default: '{DEFAULT_RUN_NAME}', or '{DEFAULT_RUN_NAME}-2', ... if taken].")
+@click.option("--resume", "resume_from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Continue a seed folder, or every seed of a run folder, from its last checkpoint "
+                   "(with its saved settings; --total-steps may extend it).")
 @click.option("--quiet", is_flag=True, help="Plain progress lines instead of the live display.")
-def train(env: str, num_seeds: int, jobs: int | None, out_dir: Path, run_name: str | None, quiet: bool,
-          **hyperparameters: Any) -> None:
+@click.pass_context
+def train(ctx: click.Context, env: str | None, num_seeds: int, jobs: int | None, out_dir: Path,
+          run_name: str | None, resume_from: Path | None, quiet: bool, **hyperparameters: Any) -> None:
     """Train PPO on ENV for one or more seeds.
 
     ENV is an alias (`ppo envs` lists them: hopper, halfcheetah, walker2d, ...), a registered
@@ -123,32 +128,25 @@ def train(env: str, num_seeds: int, jobs: int | None, out_dir: Path, run_name: s
     Example:
       ppo train hopper --seeds 3
       ppo train halfcheetah --total-steps 200000 --target-kl 0.02 --run-name kl0.02
+      ppo train --resume results/Hopper-v5/default --total-steps 2000000
     """
-    from ppo_cli.envs import EnvError, check_spaces, make_env, resolve_env_id
-    from ppo_cli.launch import SeedJob, run_seeds
+    from ppo_cli.launch import run_seeds
 
-    try:
-        env_id = resolve_env_id(env)
-        probe = make_env(env_id)
-        try:
-            check_spaces(probe, env_id)
-        finally:
-            probe.close()
-    except EnvError as exc:
-        raise click.BadParameter(str(exc), param_hint="'ENV'") from None
-    config = build_config({"env_id": env_id, **hyperparameters})
-    run_dir = _make_run_dir(out_dir, env_id, run_name)
-    configs = [config.replace(seed=config.seed + k) for k in range(num_seeds)]
-    jobs_list = []
-    for cfg in configs:
-        seed_dir = run_dir / f"seed_{cfg.seed}"
-        seed_dir.mkdir()
-        jobs_list.append(SeedJob(cfg, seed_dir))
-    parallel = jobs or min(num_seeds, os.cpu_count() or 1)
+    if resume_from is not None:
+        jobs_list, run_dir = _resume_jobs(ctx, resume_from, hyperparameters["total_steps"]), resume_from
+        if not jobs_list:
+            return
+    else:
+        if env is None:
+            raise click.UsageError("Missing argument 'ENV' (or continue a run with --resume FOLDER).")
+        jobs_list, run_dir = _new_jobs(env, num_seeds, out_dir, run_name, hyperparameters)
+    configs = [job.config for job in jobs_list]
+    parallel = jobs or min(len(jobs_list), os.cpu_count() or 1)
 
     console = Console()
-    console.print(f"Training [bold]{env_id}[/bold] for {config.num_iterations * config.batch_size:,} steps x "
-                  f"{num_seeds} seed(s) ({parallel} in parallel) -> {run_dir}",
+    verb = "Resuming" if resume_from is not None else "Training"
+    console.print(f"{verb} [bold]{configs[0].env_id}[/bold] for {configs[0].num_iterations * configs[0].batch_size:,} "
+                  f"steps x {len(configs)} seed(s) ({parallel} in parallel) -> {run_dir}",
                   highlight=False, soft_wrap=True)
     display = _QuietDisplay(console) if quiet else _LiveDisplay(console, configs)
     with display:
@@ -158,6 +156,99 @@ def train(env: str, num_seeds: int, jobs: int | None, out_dir: Path, run_name: s
         raise SystemExit(1)
     if any(r.status == "interrupted" for r in results):
         raise SystemExit(130)
+
+
+def _new_jobs(env: str, num_seeds: int, out_dir: Path, run_name: str | None,
+              hyperparameters: dict[str, Any]) -> tuple[list[Any], Path]:
+    """Validate everything, check the disk, then create the run and seed folders."""
+    from ppo_cli.checkpoint import required_bytes
+    from ppo_cli.envs import EnvError, check_spaces, make_env, resolve_env_id
+    from ppo_cli.launch import SeedJob
+
+    try:
+        env_id = resolve_env_id(env)
+        probe = make_env(env_id)
+        try:
+            spaces = check_spaces(probe, env_id)
+        finally:
+            probe.close()
+    except EnvError as exc:
+        raise click.BadParameter(str(exc), param_hint="'ENV'") from None
+    config = build_config({"env_id": env_id, **hyperparameters})
+    _check_free_space(out_dir, num_seeds * required_bytes(config, spaces.obs_dim, spaces.act_dim), num_seeds)
+    run_dir = _make_run_dir(out_dir, env_id, run_name)
+    jobs = []
+    for k in range(num_seeds):
+        cfg = config.replace(seed=config.seed + k)
+        seed_dir = run_dir / f"seed_{cfg.seed}"
+        seed_dir.mkdir()
+        jobs.append(SeedJob(cfg, seed_dir))
+    return jobs, run_dir
+
+
+_RESUME_COMPANIONS = {"resume_from", "total_steps", "jobs", "quiet"}
+
+
+def _resume_jobs(ctx: click.Context, folder: Path, total_steps: int) -> list[Any]:
+    """One job per seed folder under ``folder`` whose checkpoint has steps left to train."""
+    from click.core import ParameterSource
+
+    from ppo_cli.checkpoint import CheckpointError, load_checkpoint, required_bytes
+    from ppo_cli.envs import EnvError, make_env
+    from ppo_cli.launch import SeedJob
+
+    given = [name for name in ctx.params
+             if name not in _RESUME_COMPANIONS and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    if given:
+        names = ", ".join("ENV" if n == "env" else _flag({"num_seeds": "seeds", "out_dir": "out"}.get(n, n))
+                          for n in given)
+        raise click.UsageError(f"--resume continues a run with its saved settings; drop {names} "
+                               f"(only --total-steps, --jobs and --quiet go with --resume)")
+    extend = ctx.get_parameter_source("total_steps") == ParameterSource.COMMANDLINE
+    if (folder / "checkpoint.pt").is_file():
+        seed_dirs = [folder]
+    else:
+        seed_dirs = sorted((p.parent for p in folder.glob("seed_*/checkpoint.pt")),
+                           key=lambda p: (len(p.name), p.name))
+    if not seed_dirs:
+        raise click.BadParameter(f"{folder} is not a ppo run: no checkpoint.pt in it nor in seed_*/ below it",
+                                 param_hint="'--resume'")
+    jobs, console, needed = [], Console(), 0
+    for seed_dir in seed_dirs:
+        try:
+            state = load_checkpoint(seed_dir / "checkpoint.pt")
+            config = Config.from_dict(state["config"])
+            done = int(state["global_step"])
+        except (CheckpointError, ConfigError, KeyError, TypeError, ValueError) as exc:
+            raise click.BadParameter(f"cannot resume {seed_dir}: {exc}", param_hint="'--resume'") from None
+        if extend:
+            if total_steps < done:
+                raise click.BadParameter(f"{total_steps} is below the {done:,} steps {seed_dir} already trained",
+                                         param_hint="'--total-steps'")
+            config = build_config({**config.to_dict(), "total_steps": total_steps})
+        if done >= config.num_iterations * config.batch_size:
+            console.print(f"{seed_dir}: already finished at step {done:,}; nothing to do "
+                          f"(a larger --total-steps extends it)", highlight=False, soft_wrap=True)
+            continue
+        try:
+            make_env(config.env_id).close()
+        except EnvError as exc:
+            raise click.BadParameter(f"cannot resume {seed_dir}: {exc}", param_hint="'--resume'") from None
+        spaces = state.get("spaces", {})
+        needed += required_bytes(config, int(spaces.get("obs_dim", 1)), int(spaces.get("act_dim", 1)))
+        jobs.append(SeedJob(config, seed_dir, resume=True))
+    _check_free_space(folder, needed, len(jobs))
+    return jobs
+
+
+def _check_free_space(folder: Path, needed: int, seeds: int) -> None:
+    existing = folder.resolve()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise click.UsageError(f"not enough free space in {existing} for {seeds} seed(s): need about "
+                               f"{needed / 2**20:.1f} MiB for checkpoints and logs, {free / 2**20:.1f} MiB free")
 
 
 @cli.command(name="eval")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,14 +30,24 @@ def _cell(value: Any) -> Any:
 
 
 class CsvLog:
-    """Append rows to a CSV file with a fixed header; every row reaches the disk before returning."""
+    """Append rows to a CSV file with a fixed header; every row reaches the disk before returning.
 
-    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+    A new log starts the file. With ``keep_until_step`` (resuming), the existing file is kept up to
+    that ``global_step`` (the first column): later rows and a half-written last line are dropped,
+    the file is rewritten atomically, and new rows are appended.
+    """
+
+    def __init__(self, path: Path, columns: tuple[str, ...], keep_until_step: int | None = None) -> None:
         self.path = Path(path)
         self.columns = columns
-        self._file = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._writer = csv.writer(self._file)
-        self._writer.writerow(columns)
+        if keep_until_step is None:
+            self._file = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self._writer = csv.writer(self._file, lineterminator="\n")
+            self._writer.writerow(columns)
+        else:
+            _truncate(self.path, columns, keep_until_step)
+            self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+            self._writer = csv.writer(self._file, lineterminator="\n")
         self._file.flush()
 
     def write(self, row: Mapping[str, Any]) -> None:
@@ -50,3 +61,26 @@ class CsvLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _truncate(path: Path, columns: tuple[str, ...], max_step: int) -> None:
+    """Keep the header and the complete rows with ``global_step <= max_step``; replace the file."""
+    header = ",".join(columns) + "\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else header
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].replace("\r\n", "\n") != header:
+        raise ValueError(f"{path} does not start with the expected header")
+    kept = [header]
+    for line in lines[1:]:
+        if not line.endswith("\n"):
+            break  # a row cut off by a hard kill
+        step = line.split(",", 1)[0]
+        if not step.isdigit() or int(step) > max_step:
+            break
+        kept.append(line.replace("\r\n", "\n"))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        f.write("".join(kept))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -15,12 +15,20 @@ The stack it builds, in order, from inside out:
 4. an episode that ends is reset at once (same-step autoreset) and its final observation is
    returned separately, so a truncated episode can be bootstrapped from it.
 
+Resuming mid-episode: :meth:`EnvBatch.state_dict` keeps, per environment, how its current episode
+began (the reset seed, or the state of the environment's random generator just before the reset)
+and the actions taken since. :meth:`EnvBatch.load_state_dict` resets the same way and replays the
+actions, which reproduces the state exactly for deterministic simulators (MuJoCo, classic control)
+with no environment-specific code. ``exact`` tells whether the replay arrived at the saved
+observation.
+
 Observation and reward filters are not wrappers: the trainer applies them to whole batches
 (:mod:`ppo_cli.wrappers`).
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 from dataclasses import dataclass
@@ -186,11 +194,17 @@ class EnvBatch:
         self.episode_return = np.zeros(n, dtype=np.float64)
         self.episode_length = np.zeros(n, dtype=np.int64)
         self.finished: list[tuple[float, int]] = []  # (raw return, length)
+        # how each current episode began, and its actions so far (for an exact resume by replay)
+        self.episode_start: list[dict[str, Any]] = [{"seed": s, "rng": None} for s in self.seeds]
+        self.episode_actions: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
+        self.exact = True
 
     def reset(self) -> np.ndarray:
         """First reset, seeding each environment; returns observations ``(num_envs, obs_dim)``."""
         for i, env in enumerate(self.envs):
             self.obs[i] = env.reset(seed=self.seeds[i])[0]
+            self.episode_start[i] = {"seed": self.seeds[i], "rng": None}
+            self.episode_actions[i] = []
         self.episode_return[:] = 0.0
         self.episode_length[:] = 0
         return self.obs
@@ -206,7 +220,9 @@ class EnvBatch:
             actions = np.clip(actions, spaces.action_low, spaces.action_high)
         max_steps = self.max_episode_steps
         for i, env in enumerate(self.envs):
-            obs, reward, terminated, truncated, _ = env.step(actions[i])
+            action = actions[i]
+            self.episode_actions[i].append(action)
+            obs, reward, terminated, truncated, _ = env.step(action)
             self.episode_return[i] += reward
             length = self.episode_length[i] + 1
             self.episode_length[i] = length
@@ -220,9 +236,39 @@ class EnvBatch:
                 self.finished.append((float(self.episode_return[i]), int(length)))
                 self.episode_return[i] = 0.0
                 self.episode_length[i] = 0
+                self.episode_start[i] = {"seed": None, "rng": env.unwrapped.np_random.bit_generator.state}
+                self.episode_actions[i] = []
                 obs = env.reset()[0]
             self.obs[i] = obs
         return self.obs, self.rewards, self.terminated, self.truncated, self.final_obs
+
+    def state_dict(self) -> dict[str, Any]:
+        """How each current episode began, its actions so far and the current raw observations."""
+        shape = () if self.spaces.discrete else (self.spaces.act_dim,)
+        dtype = np.int64 if self.spaces.discrete else np.float64
+        actions = [np.array(a, dtype=dtype).reshape((len(a),) + shape) for a in self.episode_actions]
+        return {"episode_start": copy.deepcopy(self.episode_start), "actions": actions, "obs": self.obs.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Bring every environment to the saved point of its episode by resetting and replaying."""
+        for i, env in enumerate(self.envs):
+            start = state["episode_start"][i]
+            if start["seed"] is not None:
+                obs = env.reset(seed=int(start["seed"]))[0]
+            else:
+                env.unwrapped.np_random.bit_generator.state = start["rng"]
+                obs = env.reset()[0]
+            actions = [np.asarray(a) for a in state["actions"][i]]
+            total = 0.0
+            for action in actions:
+                obs, reward, _, _, _ = env.step(action)
+                total += reward
+            self.obs[i] = obs
+            self.episode_return[i] = total
+            self.episode_length[i] = len(actions)
+            self.episode_start[i] = dict(start)
+            self.episode_actions[i] = actions
+        self.exact = bool(np.array_equal(self.obs, np.asarray(state["obs"])))
 
     def close(self) -> None:
         for env in self.envs:

@@ -24,6 +24,7 @@ Event = tuple[str, int, Any]
 class SeedJob:
     config: Config
     run_dir: Path
+    resume: bool = False  # continue from run_dir/checkpoint.pt
 
 
 def run_one(job: SeedJob, emit: Callable[[Event], None]) -> Any:
@@ -33,7 +34,8 @@ def run_one(job: SeedJob, emit: Callable[[Event], None]) -> Any:
     seed = job.config.seed
     emit(("start", seed, None))
     try:
-        result = train(job.config, job.run_dir, on_iteration=lambda row: emit(("iteration", seed, row)))
+        result = train(job.config, job.run_dir, on_iteration=lambda row: emit(("iteration", seed, row)),
+                       resume=job.resume)
     except KeyboardInterrupt:
         result = TrainResult(seed, str(job.run_dir), "interrupted", message="interrupted before training started")
     except Exception as exc:  # one bad seed must not take the others down

@@ -38,7 +38,7 @@ from torch import nn
 
 from ppo_cli import losses
 from ppo_cli.agent import ActorCritic, RolloutPolicy
-from ppo_cli.checkpoint import package_versions, save_checkpoint, to_tensors
+from ppo_cli.checkpoint import load_checkpoint, package_versions, save_checkpoint, to_numpy, to_tensors
 from ppo_cli.config import Config
 from ppo_cli.diagnostics import EPISODE_COLUMNS, PROGRESS_COLUMNS, CsvLog
 from ppo_cli.envs import EnvBatch
@@ -196,17 +196,29 @@ def _check_finite(agent: ActorCritic, stats: UpdateStats, iteration: int) -> Non
             raise TrainingDiverged(f"parameter {name} became non-finite in iteration {iteration}")
 
 
-def train(config: Config, run_dir: Path,
-          on_iteration: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]], None] | None = None,
+          resume: bool = False) -> TrainResult:
     """Train one seed; write ``config.json``, ``progress.csv``, ``episodes.csv``, ``checkpoint.pt``.
 
-    ``run_dir`` must exist. ``on_iteration`` receives every ``progress.csv`` row as a dict
-    (plus ``total_steps``). Ctrl-C ends the run early with status ``interrupted``.
+    ``run_dir`` must exist. ``on_iteration`` receives every ``progress.csv`` row as a dict (plus
+    ``total_steps``, ``update_time_s`` and ``final_return``). Ctrl-C ends the run early with status
+    ``interrupted``.
+
+    With ``resume``, training continues from ``run_dir/checkpoint.pt``: weights, optimizer state,
+    both filters, the random generator, the environments (mid-episode, by replay), the step counter
+    and the learning-rate schedule position are restored, and CSV rows written after the checkpoint
+    are dropped and written again. ``config`` must be the saved one, except that ``total_steps``
+    may be larger (extending the run; the annealed learning rate then follows the new length).
     """
     run_dir = Path(run_dir)
     start = time.perf_counter()
     torch.set_num_threads(1)  # small matrices: threads only add synchronisation overhead
-    (run_dir / "config.json").write_text(config.to_json(), encoding="utf-8")
+    checkpoint_path = run_dir / "checkpoint.pt"
+    state = load_checkpoint(checkpoint_path) if resume else None
+    for stale in run_dir.glob(f".{checkpoint_path.name}.*.tmp"):  # left by a hard kill mid-write
+        stale.unlink()
+    if state is not None and Config.from_dict(state["config"]).replace(total_steps=config.total_steps) != config:
+        raise ValueError(f"{checkpoint_path} was trained with another config; only total_steps may change")
 
     seeds = _Seeds.from_seed(config.seed, config.num_envs)
     rng = seeds.rng
@@ -214,14 +226,10 @@ def train(config: Config, run_dir: Path,
     spaces = envs.spaces
     agent = ActorCritic(spaces.obs_dim, spaces.act_dim, config.hidden_sizes, spaces.discrete, seeds.torch_seed)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5)
-    policy = RolloutPolicy(agent)
     obs_filter = ObservationNormalizer((spaces.obs_dim,), config.obs_clip, enabled=config.norm_obs)
     reward_filter = RewardNormalizer(config.num_envs, config.gamma, config.reward_clip, enabled=config.norm_reward)
     action_shape = () if spaces.discrete else (spaces.act_dim,)
     storage = RolloutStorage(config.num_steps, config.num_envs, spaces.obs_dim, action_shape)
-    progress_log = CsvLog(run_dir / "progress.csv", PROGRESS_COLUMNS)
-    episode_log = CsvLog(run_dir / "episodes.csv", EPISODE_COLUMNS)
-    checkpoint_path = run_dir / "checkpoint.pt"
 
     def snapshot(global_step: int, iteration: int) -> dict[str, Any]:
         return copy.deepcopy({
@@ -230,18 +238,39 @@ def train(config: Config, run_dir: Path,
             "spaces": {"obs_dim": spaces.obs_dim, "act_dim": spaces.act_dim, "discrete": spaces.discrete},
             "model": agent.state_dict(), "optimizer": optimizer.state_dict(),
             "obs_rms": to_tensors(obs_filter.state_dict()), "reward_rms": to_tensors(reward_filter.state_dict()),
+            "rng": rng.bit_generator.state, "envs": to_tensors(envs.state_dict()),
+            "recent_returns": list(recent_returns), "elapsed_s": elapsed + time.perf_counter() - start,
         })
 
+    (run_dir / "config.json").write_text(config.to_json(), encoding="utf-8")
+    if state is None:
+        global_step, first_iteration, recent_returns, elapsed = 0, 1, [], 0.0
+        obs = obs_filter(envs.reset())
+        progress_log = CsvLog(run_dir / "progress.csv", PROGRESS_COLUMNS)
+        episode_log = CsvLog(run_dir / "episodes.csv", EPISODE_COLUMNS)
+    else:
+        agent.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        obs_filter.load_state_dict(to_numpy(state["obs_rms"]))
+        reward_filter.load_state_dict(to_numpy(state["reward_rms"]))
+        rng.bit_generator.state = state["rng"]
+        envs.load_state_dict(to_numpy(state["envs"]))
+        obs = obs_filter.normalize(envs.obs)  # the statistics already include these observations
+        global_step, first_iteration = int(state["global_step"]), int(state["iteration"]) + 1
+        recent_returns, elapsed = list(state["recent_returns"]), float(state["elapsed_s"])
+        progress_log = CsvLog(run_dir / "progress.csv", PROGRESS_COLUMNS, keep_until_step=global_step)
+        episode_log = CsvLog(run_dir / "episodes.csv", EPISODE_COLUMNS, keep_until_step=global_step)
+    policy = RolloutPolicy(agent)
+
     result = TrainResult(config.seed, str(run_dir), "finished", checkpoint=str(checkpoint_path))
+    if state is not None and not envs.exact:
+        result.message = "the environment did not replay exactly; resumed from the replayed state"
     num_steps, num_envs = config.num_steps, config.num_envs
-    global_step = iteration = 0
-    recent_returns: list[float] = []
-    last_good = snapshot(0, 0)
-    saved_iteration = -1
+    last_good = snapshot(global_step, first_iteration - 1)
+    saved_iteration = first_iteration - 1 if state is not None else -1
     with _DeferredInterrupt() as interrupt:
         try:
-            obs = obs_filter(envs.reset())
-            for iteration in range(1, config.num_iterations + 1):
+            for iteration in range(first_iteration, config.num_iterations + 1):
                 iter_start = time.perf_counter()
                 lr = config.lr * (1.0 - (iteration - 1) / config.num_iterations) if config.anneal_lr else config.lr
                 for group in optimizer.param_groups:
@@ -300,7 +329,7 @@ def train(config: Config, run_dir: Path,
                 now = time.perf_counter()
                 row = {
                     "global_step": global_step, "iteration": iteration,
-                    "time_s": round(now - start, 3), "sps": int(num_steps * num_envs / (now - iter_start)),
+                    "time_s": round(elapsed + now - start, 3), "sps": int(num_steps * num_envs / (now - iter_start)),
                     "episodic_return": float(np.mean([r for r, _ in finished])) if finished else None,
                     "episodic_length": float(np.mean([n for _, n in finished])) if finished else None,
                     "episodes": len(finished),

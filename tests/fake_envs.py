@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import gymnasium as gym
 import numpy as np
 
@@ -64,3 +66,13 @@ NOT_CALLABLE = 42
 def nan_after_600() -> gym.Env:
     """PointEnv whose rewards become NaN after 600 steps."""
     return PointEnv(nan_after=600)
+
+
+class NanForSeedEnv(PointEnv):
+    """PointEnv that returns NaN rewards 600 steps in, only when first reset with the seed in
+    $PPO_TEST_NAN_ENV_SEED: one training seed of several goes bad, the others stay healthy."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None and str(seed) == os.environ.get("PPO_TEST_NAN_ENV_SEED"):
+            self.nan_after = 600
+        return super().reset(seed=seed, options=options)

@@ -154,3 +154,59 @@ def test_a_sign_flipped_update_does_not_reach_the_threshold(tmp_path, monkeypatc
     monkeypatch.setattr(losses, "clipped_surrogate", lambda *a, **k: -real(*a, **k))
     result = train(LEARN, tmp_path)
     assert result.final_return is not None and result.final_return < LEARN_THRESHOLD / 5, result
+
+
+def _interrupt_at_update(monkeypatch, n: int) -> None:
+    calls = {"n": 0}
+    real = trainer.ppo_update
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "ppo_update", interrupting)
+
+
+@pytest.mark.parametrize("env_id, num_envs", [("InvertedPendulum-v5", 2), (POINT, 1), ("CartPole-v1", 2)])
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch, env_id, num_envs):
+    config = Config(env_id=env_id, total_steps=6 * 128 * num_envs, num_steps=128, num_envs=num_envs,
+                    num_minibatches=4, update_epochs=2, hidden_sizes=(16, 16), checkpoint_interval=2)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    full.mkdir()
+    cut.mkdir()
+    train(config, full)
+
+    with monkeypatch.context() as m:
+        _interrupt_at_update(m, 4)  # stops during iteration 4: the checkpoint holds iteration 3
+        assert train(config, cut).status == "interrupted"
+    state = load_checkpoint(cut / "checkpoint.pt")
+    assert state["iteration"] == 3
+    # rows written after the checkpoint, and a row cut off by a hard kill, must not survive a resume
+    with open(cut / "progress.csv", "a") as f:
+        f.write("9999,4,1.0,1,,,0,0,0,0,0,0,0,0,0,1\n9999,5,1.0")
+    with open(cut / "episodes.csv", "a") as f:
+        f.write("9999,1.0,3\n99")
+
+    resumed = train(config, cut, resume=True)
+    assert resumed.status == "finished" and resumed.global_step == config.total_steps
+    drop = list(TIMING_COLUMNS)
+    pd.testing.assert_frame_equal(pd.read_csv(full / "progress.csv").drop(columns=drop),
+                                  pd.read_csv(cut / "progress.csv").drop(columns=drop))
+    assert (full / "episodes.csv").read_text() == (cut / "episodes.csv").read_text()
+    a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(cut / "checkpoint.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_resume_extends_a_finished_run(tmp_path):
+    config = small(total_steps=512)
+    train(config, tmp_path)
+    longer = config.replace(total_steps=1024)
+    result = train(longer, tmp_path, resume=True)
+    assert result.status == "finished" and result.global_step == 1024
+    progress = pd.read_csv(tmp_path / "progress.csv")
+    assert progress["iteration"].tolist() == [1, 2, 3, 4]
+    assert Config.from_json((tmp_path / "config.json").read_text()).total_steps == 1024
+    with pytest.raises(ValueError, match="only total_steps may change"):
+        train(longer.replace(lr=1e-3), tmp_path, resume=True)
