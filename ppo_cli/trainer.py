@@ -139,39 +139,51 @@ def explained_variance(values: np.ndarray, returns: np.ndarray) -> float:
     return math.nan if var == 0.0 else 1.0 - float(np.var(returns - values)) / var
 
 
+def make_optimizer(agent: ActorCritic, config: Config) -> torch.optim.Optimizer:
+    """Adam with eps 1e-5 (the learning rate is set per iteration); the fused CPU kernel where available."""
+    try:
+        return torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5, fused=True)
+    except (RuntimeError, TypeError):  # torch builds without the fused CPU kernel
+        return torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5)
+
+
 def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                config: Config, rng: np.random.Generator) -> UpdateStats:
-    """Run PPO's update passes over one rollout batch (tensors flattened to ``(batch_size, ...)``)."""
+    """Run PPO's update passes over one rollout batch (tensors flattened to ``(batch_size, ...)``).
+
+    Per epoch the batch is shuffled with one gather and cut into ``num_minibatches`` slices; the
+    advantages of every minibatch are normalised (per minibatch) in one operation. Diagnostics stay
+    tensors until the end of the update and are reduced once.
+    """
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    obs, actions = batch["obs"], batch["actions"]
-    old_logprobs, old_values = batch["logprobs"], batch["values"]
-    advantages, returns = batch["advantages"], batch["returns"]
-    batch_size, mb_size = config.batch_size, config.minibatch_size
-    planned = config.update_epochs * config.num_minibatches
+    n_mb, mb_size = config.num_minibatches, config.minibatch_size
+    planned = config.update_epochs * n_mb
     vclip = config.clip_coef if config.clip_vloss else None
-    stats = torch.zeros(planned, 5)  # policy_loss, value_loss, entropy, approx_kl, clipfrac
+    keys = ("obs", "actions", "logprobs", "values", "returns")
+    loss_log = torch.zeros(planned, 3)  # policy_loss, value_loss, entropy per minibatch
+    logratio_log = torch.zeros(planned, mb_size)
     evaluated = steps = 0
     stopped = False
     for _epoch in range(config.update_epochs):
-        order = torch.from_numpy(rng.permutation(batch_size))
-        for start in range(0, batch_size, mb_size):
-            idx = order[start:start + mb_size]
-            logprob, entropy, value = agent.evaluate(obs[idx], actions[idx])
-            logratio = logprob - old_logprobs[idx]
+        order = torch.from_numpy(rng.permutation(config.batch_size))
+        epoch = {k: batch[k].index_select(0, order) for k in keys}
+        adv = batch["advantages"].index_select(0, order).view(n_mb, mb_size)
+        if mb_size > 1:
+            adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
+        for i in range(n_mb):
+            mb = slice(i * mb_size, (i + 1) * mb_size)
+            logprob, entropy, value = agent.evaluate(epoch["obs"][mb], epoch["actions"][mb])
+            logratio = logprob - epoch["logprobs"][mb]
             ratio = torch.exp(logratio)
-            adv = advantages[idx]
-            if mb_size > 1:
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            pg_loss = losses.clipped_surrogate(ratio, adv, config.clip_coef, config.dual_clip)
-            v_loss = losses.value_loss(value, old_values[idx], returns[idx], vclip)
+            pg_loss = losses.clipped_surrogate(ratio, adv[i], config.clip_coef, config.dual_clip)
+            v_loss = losses.value_loss(value, epoch["values"][mb], epoch["returns"][mb], vclip)
             ent = entropy.mean()
             loss = pg_loss - config.ent_coef * ent + config.vf_coef * v_loss
             with torch.no_grad():
-                kl = losses.approx_kl(logratio)
-                stats[evaluated] = torch.stack(
-                    (pg_loss, v_loss, ent, kl, losses.clip_fraction(ratio, config.clip_coef)))
+                loss_log[evaluated] = torch.stack((pg_loss, v_loss, ent))
+                logratio_log[evaluated] = logratio
             evaluated += 1
-            if config.target_kl is not None and kl.item() > config.target_kl:
+            if config.target_kl is not None and losses.approx_kl(logratio.detach()).item() > config.target_kl:
                 stopped = True
                 break
             optimizer.zero_grad(set_to_none=True)
@@ -181,9 +193,13 @@ def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict
             steps += 1
         if stopped:
             break
-    mean = stats[:evaluated].mean(0).tolist()
+    with torch.no_grad():
+        policy_loss, value_loss, entropy_mean = loss_log[:evaluated].mean(0).tolist()
+        logratios = logratio_log[:evaluated]
+        approx_kl = float(losses.approx_kl(logratios))  # equal-sized minibatches: mean of their means
+        clipfrac = float(losses.clip_fraction(torch.exp(logratios), config.clip_coef))
     action_std = None if agent.discrete else float(torch.exp(agent.log_std.detach()).mean())
-    return UpdateStats(*mean, update_fraction=steps / planned, action_std=action_std)
+    return UpdateStats(policy_loss, value_loss, entropy_mean, approx_kl, clipfrac, steps / planned, action_std)
 
 
 def _check_finite(agent: ActorCritic, stats: UpdateStats, iteration: int) -> None:
@@ -225,7 +241,7 @@ def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]]
     envs = EnvBatch(config.env_id, config.num_envs, seeds.env_seeds)
     spaces = envs.spaces
     agent = ActorCritic(spaces.obs_dim, spaces.act_dim, config.hidden_sizes, spaces.discrete, seeds.torch_seed)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5)
+    optimizer = make_optimizer(agent, config)
     obs_filter = ObservationNormalizer((spaces.obs_dim,), config.obs_clip, enabled=config.norm_obs)
     reward_filter = RewardNormalizer(config.num_envs, config.gamma, config.reward_clip, enabled=config.norm_reward)
     action_shape = () if spaces.discrete else (spaces.act_dim,)
