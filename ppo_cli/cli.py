@@ -350,6 +350,111 @@ def _print_eval(console: Console, result: Any) -> None:
         console.print(f"video: {result.video}", highlight=False, soft_wrap=True)
 
 
+@cli.command()
+@click.argument("folders", nargs=-1, required=True, metavar="FOLDER...",
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--metrics", default=None, metavar="NAME,...",
+              help="Figure rows: progress.csv columns, comma-separated [default: episodic_return,value_loss,"
+                   "entropy,action_std,approx_kl,clipfrac,explained_variance].")
+@click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True, metavar="W",
+              help="Trailing rolling mean over W grid points of each seed, before averaging seeds (1: none).")
+@click.option("--x", "x_axis", type=click.Choice(["steps", "time"]), default="steps", show_default=True,
+              help="x axis: environment steps (global_step) or wall-clock time (time_s).")
+@click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default=None,
+              help="Figure format [default: the suffix of --out, else png].")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Figure file, or a folder for it [default: FOLDER/plots/learning_curves.FORMAT]; "
+                   "summary.csv is written beside it.")
+@click.option("--eval", "with_eval", is_flag=True,
+              help="Add the results of `ppo eval` (eval.json next to each final checkpoint) to the summary.")
+def plot(folders: tuple[Path, ...], metrics: str | None, smooth: int, x_axis: str, fmt: str | None,
+         out: Path | None, with_eval: bool) -> None:
+    """Plot learning curves and diagnostics across seeds; summarise final returns.
+
+    Reads every progress.csv (and episodes.csv) below the folders. The figure has one row per
+    metric, one column per environment and one colour per run: the mean across seeds with a 95%
+    bootstrap band. The summary (final return, IQM with a 95% stratified-bootstrap interval) is
+    printed and written as summary.csv next to the figure.
+
+    \b
+    Example:
+      ppo plot results/
+      ppo plot results/ --metrics episodic_return,approx_kl --smooth 5 --format pdf
+    """
+    from ppo_cli.plots.data import PlotError
+    from ppo_cli.plots.report import plot_runs
+
+    names = None
+    if metrics is not None:
+        names = [m for m in re.split(r"[,\s]+", metrics) if m]
+        if not names:
+            raise click.BadParameter("give at least one metric name, e.g. episodic_return,value_loss",
+                                     param_hint="'--metrics'")
+    figure_path = _plot_path(folders[0], out, fmt)
+    try:
+        result = plot_runs(list(folders), figure_path, names, x=x_axis, smooth=smooth, with_eval=with_eval)
+    except PlotError as exc:
+        for warning in exc.warnings:
+            click.echo(f"Warning: {warning}", err=True)
+        raise click.BadParameter(str(exc), param_hint=f"'{exc.param or 'FOLDER...'}'") from None
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    console = Console()
+    console.print(f"figure: {result.figure_path}", highlight=False, soft_wrap=True)
+    _print_plot_summary(console, result.summary)
+    console.print(f"summary: {result.summary_path}", highlight=False, soft_wrap=True)
+
+
+def _plot_path(folder: Path, out: Path | None, fmt: str | None) -> Path:
+    """The figure file from ``--out`` and ``--format`` (default ``FOLDER/plots/learning_curves.png``)."""
+    from ppo_cli.plots import DEFAULT_FIGURE, FORMATS
+
+    if out is None or out.is_dir():
+        return (folder / "plots" if out is None else out) / f"{DEFAULT_FIGURE}.{fmt or 'png'}"
+    suffix = out.suffix.lower().removeprefix(".")
+    if not suffix:
+        return out.with_name(f"{out.name}.{fmt or 'png'}")
+    if suffix not in FORMATS:
+        raise click.BadParameter(f"{out}: the figure file must end in {', '.join('.' + f for f in FORMATS)}",
+                                 param_hint="'--out'")
+    if fmt is not None and fmt != suffix:
+        raise click.UsageError(f"--format {fmt} and --out {out} disagree; drop --format or use "
+                               f"--out {out.with_suffix('.' + fmt)}")
+    return out
+
+
+def _print_plot_summary(console: Console, summary: Any) -> None:
+    """The final-return table, and with ``--eval`` a second one for the ``eval.json`` returns."""
+    from rich import box
+    from rich.markup import escape
+
+    def num(value: float) -> str:  # about 4 significant digits; NaN: no value
+        return "-" if value != value else f"{value:.0f}" if abs(value) >= 100 else f"{value:#.3g}"
+
+    def steps(low: int, high: int) -> str:
+        short = [f"{v / 1e6:.4g}M" if v >= 1e6 else f"{v / 1e3:.4g}k" if v >= 1e3 else str(v) for v in (low, high)]
+        return short[1] if low == high else "-".join(short)
+
+    tables = [("Final return: mean of the last 10% of steps per seed", "final",
+               lambda row: [str(row.seeds), steps(row.steps_min, row.steps_max)], ["seeds", "steps"])]
+    if "eval_seeds" in summary.columns:
+        tables.append(("Evaluation: mean return of each seed's eval.json", "eval",
+                       lambda row: [str(row.eval_seeds)], ["seeds"]))
+    for title, prefix, first_cells, first_columns in tables:
+        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in ["env", "run", *first_columns, "mean +- std", "IQM [95% CI]"]:
+            text = column in {"env", "run"}
+            width = max([len(column)] + [len(v) for v in summary[column]]) if text else None
+            table.add_column(column, justify="left" if text else "right", overflow="fold",
+                             min_width=min(width, 24) if text else None)
+        for row in summary.itertuples(index=False):
+            value = {k: getattr(row, f"{prefix}_{k}") for k in ("mean", "std", "iqm", "iqm_ci_low", "iqm_ci_high")}
+            table.add_row(escape(row.env), escape(row.run), *first_cells(row),
+                          f"{num(value['mean'])} +- {num(value['std'])}",
+                          f"{num(value['iqm'])} [{num(value['iqm_ci_low'])}, {num(value['iqm_ci_high'])}]")
+        console.print(table)
+
+
 def _make_run_dir(out_dir: Path, env_id: str, run_name: str | None) -> Path:
     """Create ``OUT/<env id>/<run name>`` without ever reusing an existing folder."""
     env_dir = out_dir / re.sub(r"[^A-Za-z0-9._-]+", "_", env_id)
