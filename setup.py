@@ -28,6 +28,6 @@ setup(
         "imageio>=2.28",
         "imageio-ffmpeg>=0.4.8",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7"], "bench": ["stable-baselines3>=2.3"]},
     entry_points={"console_scripts": ["ppo=ppo_cli.cli:main"]},
 )

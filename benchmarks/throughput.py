@@ -1,0 +1,126 @@
+"""Training throughput of ``ppo`` against Stable-Baselines3, side by side on this machine.
+
+    pip install -c constraints.txt -e ".[bench]"      # Stable-Baselines3, benchmark only
+    python benchmarks/throughput.py --steps 102400 --repeats 2
+
+Both train Hopper-v4 for the same number of steps with the same settings: 1 environment, 2048
+steps per rollout, 10 epochs, 32 minibatches (64 samples), Adam 3e-4 annealed linearly, gamma 0.99,
+lambda 0.95, clip 0.2 (value clip 0.2 too), vf 0.5, grad-norm 0.5, 64x64 tanh actor and critic,
+orthogonal init, observation and reward normalisation (SB3: ``VecNormalize``). Each run is its own
+process and the two libraries alternate, so drift of the machine hits both. torch runs with one
+thread in both (the faster setting for 64-sample minibatches on a CPU).
+
+Prints each run's steps/s, the medians, their ratio, the raw ``gymnasium.make`` step rate, and
+``ppo``'s split between rollout and update (microseconds per environment step). The last line is
+machine-readable: ``ratio_vs_sb3=... ppo_sps=... sb3_sps=... env_sps=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENV_ID = "Hopper-v4"
+
+
+def run_ppo(steps: int) -> dict[str, float]:
+    import torch
+
+    from ppo_cli.config import Config
+    from ppo_cli.trainer import train
+
+    torch.set_num_threads(1)
+    rows: list[dict] = []
+    config = Config(env_id=ENV_ID, total_steps=steps, checkpoint_interval=10_000)
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        train(config, Path(folder), on_iteration=rows.append)
+        wall = time.perf_counter() - start
+    done = rows[-1]["global_step"]
+    update = sum(r["update_time_s"] for r in rows)
+    iteration_time = rows[-1]["time_s"]  # from the start of train(), environments built
+    return {"sps": done / wall, "update_us_per_step": update / done * 1e6,
+            "rollout_us_per_step": (iteration_time - update) / done * 1e6, "wall_s": wall}
+
+
+def run_sb3(steps: int) -> dict[str, float]:
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    torch.set_num_threads(1)
+    env = VecNormalize(DummyVecEnv([lambda: gym.make(ENV_ID)]), gamma=0.99)
+    model = PPO("MlpPolicy", env, n_steps=2048, batch_size=64, n_epochs=10,
+                learning_rate=lambda progress: 3e-4 * progress, gamma=0.99, gae_lambda=0.95, clip_range=0.2,
+                clip_range_vf=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5, device="cpu", seed=0,
+                policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": torch.nn.Tanh,
+                               "ortho_init": True, "log_std_init": 0.0})
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    wall = time.perf_counter() - start
+    return {"sps": model.num_timesteps / wall, "wall_s": wall}
+
+
+def run_env(steps: int) -> dict[str, float]:
+    import gymnasium as gym
+    import numpy as np
+
+    env = gym.make(ENV_ID)
+    env.reset(seed=0)
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(steps, env.action_space.shape[0]))
+    start = time.perf_counter()
+    for action in actions:
+        _, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            env.reset()
+    return {"sps": steps / (time.perf_counter() - start)}
+
+
+RUNNERS = {"ppo": run_ppo, "sb3": run_sb3, "env": run_env}
+
+
+def child(kind: str, steps: int) -> dict[str, float]:
+    """Run one measurement in a fresh process; returns its JSON result."""
+    out = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(steps)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=102_400, help="training steps per run (>= 100k)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per library, alternating")
+    parser.add_argument("--child", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(RUNNERS[args.child](args.steps)))
+        return
+
+    results: dict[str, list[dict[str, float]]] = {"ppo": [], "sb3": []}
+    for repeat in range(args.repeats):
+        for kind in ("ppo", "sb3"):
+            result = child(kind, args.steps)
+            results[kind].append(result)
+            print(f"run {repeat + 1} {kind:>3}: {result['sps']:7.0f} steps/s ({result['wall_s']:.1f} s)", flush=True)
+    env = child("env", 20_000)
+    ppo_sps = statistics.median(r["sps"] for r in results["ppo"])
+    sb3_sps = statistics.median(r["sps"] for r in results["sb3"])
+    rollout = statistics.median(r["rollout_us_per_step"] for r in results["ppo"])
+    update = statistics.median(r["update_us_per_step"] for r in results["ppo"])
+    print(f"\n{ENV_ID}, {args.steps} steps, medians of {args.repeats} runs each")
+    print(f"  ppo                      {ppo_sps:7.0f} steps/s  (rollout {rollout:.0f} us/step, update {update:.0f} us/step)")
+    print(f"  Stable-Baselines3 PPO    {sb3_sps:7.0f} steps/s")
+    print(f"  gymnasium.make().step    {env['sps']:7.0f} steps/s  (random actions)")
+    print(f"  ratio ppo / SB3          {ppo_sps / sb3_sps:7.2f}")
+    print(f"ratio_vs_sb3={ppo_sps / sb3_sps:.2f} ppo_sps={ppo_sps:.0f} sb3_sps={sb3_sps:.0f} env_sps={env['sps']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
