@@ -4,6 +4,8 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 from ppo_cli.config import Config  # noqa: E402
@@ -20,3 +22,20 @@ def trained_pendulum(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pendulum") / "seed_0"
     run_dir.mkdir()
     return train(LEARN, run_dir)
+
+
+class _Exploit:
+    """Pickles to a call of os.system: unpickling it would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_malicious_checkpoint(path: Path, marker: Path) -> None:
+    """A file that looks like a ppo checkpoint but runs code if loaded without ``weights_only``."""
+    import torch
+
+    torch.save({"format": "ppo_cli.checkpoint", "format_version": 1, "x": _Exploit(marker)}, path)

@@ -14,7 +14,7 @@ from ppo_cli.cli import cli
 from ppo_cli.envs import make_env
 from ppo_cli.evaluate import find_checkpoints, load_agent, run_episodes
 from ppo_cli.wrappers import ObservationNormalizer
-from tests.conftest import LEARN_THRESHOLD
+from tests.conftest import LEARN_THRESHOLD, write_malicious_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -102,13 +102,6 @@ def test_no_renderer_says_which_packages_to_install(checkpoint, monkeypatch):
     assert "no off-screen renderer could be started" in result.output and "libegl1" in result.output
 
 
-class _Exploit:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
 
 def _bad_checkpoints(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[str], str]]:
     foreign = tmp_path / "foreign.pt"
@@ -123,7 +116,7 @@ def _bad_checkpoints(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[s
     missing_env = tmp_path / "missing_env.pt"
     save_checkpoint(missing_env, state)
     evil = tmp_path / "evil.pt"
-    torch.save({"format": "ppo_cli.checkpoint", "payload": _Exploit(tmp_path / "pwned")}, evil)
+    write_malicious_checkpoint(evil, tmp_path / "pwned")
     return {
         "missing": ([str(tmp_path / "nope.pt")], "does not exist"),
         "foreign": ([str(foreign)], "is not a ppo checkpoint"),

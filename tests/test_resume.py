@@ -16,6 +16,7 @@ from ppo_cli.checkpoint import load_checkpoint
 from ppo_cli.cli import cli
 from ppo_cli.diagnostics import TIMING_COLUMNS
 from ppo_cli.trainer import _Seeds
+from tests.conftest import write_malicious_checkpoint
 
 ROOT = Path(__file__).parent.parent
 POINT = "tests.fake_envs:PointEnv"
@@ -58,19 +59,11 @@ def test_resume_refuses_other_options_and_folders_that_are_not_runs(tmp_path):
         " ".join(result.output.split())
 
 
-class _Exploit:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
 
 def test_resume_rejects_a_malicious_checkpoint_without_running_it(tmp_path):
     seed_dir = tmp_path / "run" / "seed_0"
     seed_dir.mkdir(parents=True)
-    torch.save({"format": "ppo_cli.checkpoint", "format_version": 1, "x": _Exploit(tmp_path / "pwned")},
-               seed_dir / "checkpoint.pt")
+    write_malicious_checkpoint(seed_dir / "checkpoint.pt", tmp_path / "pwned")
     result = invoke("train", "--resume", tmp_path / "run")
     assert result.exit_code == 2
     assert "was refused: it holds objects other than plain tensors" in " ".join(result.output.split())
