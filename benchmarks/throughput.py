@@ -10,9 +10,12 @@ orthogonal init, observation and reward normalisation (SB3: ``VecNormalize``). E
 process and the two libraries alternate, so drift of the machine hits both. torch runs with one
 thread in both (the faster setting for 64-sample minibatches on a CPU).
 
-Prints each run's steps/s, the medians, their ratio, the raw ``gymnasium.make`` step rate, and
+``ppo`` runs twice per repeat: as is, and with ``--compile`` (``torch.compile`` of the minibatch
+loss). Afterwards two ``ppo`` seeds run at once (``--seeds 2`` on 2 cores) for the total step rate.
+
+Prints each run's steps/s, the medians, their ratios, the raw ``gymnasium.make`` step rate, and
 ``ppo``'s split between rollout and update (microseconds per environment step). The last line is
-machine-readable: ``ratio_vs_sb3=... ppo_sps=... sb3_sps=... env_sps=...``.
+machine-readable: ``ratio_vs_sb3=... ppo_sps=... ppo_compile_sps=... sb3_sps=... env_sps=...``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 ENV_ID = "Hopper-v4"
 
 
-def run_ppo(steps: int) -> dict[str, float]:
+def run_ppo(steps: int, compile: bool = False) -> dict[str, float]:
     import torch
 
     from ppo_cli.config import Config
@@ -37,7 +40,7 @@ def run_ppo(steps: int) -> dict[str, float]:
 
     torch.set_num_threads(1)
     rows: list[dict] = []
-    config = Config(env_id=ENV_ID, total_steps=steps, checkpoint_interval=10_000)
+    config = Config(env_id=ENV_ID, total_steps=steps, checkpoint_interval=10_000, compile=compile)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         train(config, Path(folder), on_iteration=rows.append)
@@ -83,14 +86,21 @@ def run_env(steps: int) -> dict[str, float]:
     return {"sps": steps / (time.perf_counter() - start)}
 
 
-RUNNERS = {"ppo": run_ppo, "sb3": run_sb3, "env": run_env}
+RUNNERS = {"ppo": run_ppo, "ppo_compile": lambda steps: run_ppo(steps, compile=True), "sb3": run_sb3,
+           "env": run_env}
 
 
-def child(kind: str, steps: int) -> dict[str, float]:
-    """Run one measurement in a fresh process; returns its JSON result."""
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(steps)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def child(kind: str, steps: int, parallel: int = 1) -> list[dict[str, float]]:
+    """Run ``parallel`` copies of one measurement at once, each a fresh process; their JSON results."""
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", kind, "--steps", str(steps)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(parallel)]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"{kind} run failed with exit code {proc.returncode}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
 
 
 def main() -> None:
@@ -103,23 +113,32 @@ def main() -> None:
         print(json.dumps(RUNNERS[args.child](args.steps)))
         return
 
-    results: dict[str, list[dict[str, float]]] = {"ppo": [], "sb3": []}
+    kinds = ("ppo", "ppo_compile", "sb3")
+    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     for repeat in range(args.repeats):
-        for kind in ("ppo", "sb3"):
-            result = child(kind, args.steps)
+        for kind in kinds:
+            result = child(kind, args.steps)[0]
             results[kind].append(result)
-            print(f"run {repeat + 1} {kind:>3}: {result['sps']:7.0f} steps/s ({result['wall_s']:.1f} s)", flush=True)
-    env = child("env", 20_000)
-    ppo_sps = statistics.median(r["sps"] for r in results["ppo"])
-    sb3_sps = statistics.median(r["sps"] for r in results["sb3"])
-    rollout = statistics.median(r["rollout_us_per_step"] for r in results["ppo"])
-    update = statistics.median(r["update_us_per_step"] for r in results["ppo"])
+            print(f"run {repeat + 1} {kind:>11}: {result['sps']:7.0f} steps/s ({result['wall_s']:.1f} s)", flush=True)
+    two = child("ppo", args.steps, parallel=2)
+    two_sps = sum(r["sps"] for r in two)
+    print(f"2 seeds at once     ppo: {two_sps:7.0f} steps/s in total", flush=True)
+    env = child("env", 20_000)[0]
+    sps = {kind: statistics.median(r["sps"] for r in results[kind]) for kind in kinds}
+    split = {kind: (statistics.median(r["rollout_us_per_step"] for r in results[kind]),
+                    statistics.median(r["update_us_per_step"] for r in results[kind])) for kind in kinds[:2]}
     print(f"\n{ENV_ID}, {args.steps} steps, medians of {args.repeats} runs each")
-    print(f"  ppo                      {ppo_sps:7.0f} steps/s  (rollout {rollout:.0f} us/step, update {update:.0f} us/step)")
-    print(f"  Stable-Baselines3 PPO    {sb3_sps:7.0f} steps/s")
-    print(f"  gymnasium.make().step    {env['sps']:7.0f} steps/s  (random actions)")
-    print(f"  ratio ppo / SB3          {ppo_sps / sb3_sps:7.2f}")
-    print(f"ratio_vs_sb3={ppo_sps / sb3_sps:.2f} ppo_sps={ppo_sps:.0f} sb3_sps={sb3_sps:.0f} env_sps={env['sps']:.0f}")
+    for kind, label in (("ppo", "ppo"), ("ppo_compile", "ppo --compile")):
+        rollout, update = split[kind]
+        print(f"  {label:<24} {sps[kind]:7.0f} steps/s  (rollout {rollout:.0f} us/step, update {update:.0f} us/step)")
+    print(f"  {'Stable-Baselines3 PPO':<24} {sps['sb3']:7.0f} steps/s")
+    print(f"  {'gymnasium.make().step':<24} {env['sps']:7.0f} steps/s  (random actions)")
+    print(f"  {'ppo, 2 seeds at once':<24} {two_sps:7.0f} steps/s total ({two_sps / sps['ppo']:.2f}x one seed)")
+    print(f"  ratio ppo / SB3          {sps['ppo'] / sps['sb3']:7.2f}")
+    print(f"  ratio ppo --compile / SB3 {sps['ppo_compile'] / sps['sb3']:6.2f}")
+    print(f"ratio_vs_sb3={sps['ppo'] / sps['sb3']:.2f} ratio_compile_vs_sb3={sps['ppo_compile'] / sps['sb3']:.2f} "
+          f"ppo_sps={sps['ppo']:.0f} ppo_compile_sps={sps['ppo_compile']:.0f} sb3_sps={sps['sb3']:.0f} "
+          f"two_seed_sps={two_sps:.0f} env_sps={env['sps']:.0f}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
     python benchmarks/update_speed.py
 
-Prints microseconds per minibatch (median of 7 updates). Used to measure changes to
-``ppo_cli.trainer.ppo_update`` before and after, in one run on the same machine.
+Prints microseconds per minibatch (median of 7 updates), eager and with ``--compile``
+(``torch.compile`` of the minibatch loss; its compile time is reported separately). Used to
+measure changes to ``ppo_cli.trainer.ppo_update`` before and after, in one run on the same machine.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import torch
 
 from ppo_cli.agent import ActorCritic
 from ppo_cli.config import Config
-from ppo_cli.trainer import make_optimizer, ppo_update
+from ppo_cli.trainer import make_loss_fn, make_optimizer, ppo_update
 
 
-def main(repeats: int = 7) -> float:
+def measure(compile: bool, repeats: int = 7) -> float:
     torch.set_num_threads(1)
-    config = Config(env_id="Hopper-v5")
+    config = Config(env_id="Hopper-v5", compile=compile)
     agent = ActorCritic(11, 3, config.hidden_sizes, seed=0)
     optimizer = make_optimizer(agent, config)
+    loss_fn = make_loss_fn(agent, config)
     g = torch.Generator().manual_seed(0)
     n = config.batch_size
     batch = {"obs": torch.randn(n, 11, generator=g), "actions": torch.randn(n, 3, generator=g),
@@ -33,15 +35,21 @@ def main(repeats: int = 7) -> float:
         batch["logprobs"] = agent.evaluate(batch["obs"], batch["actions"])[0]
     rng = np.random.default_rng(0)
     planned = config.update_epochs * config.num_minibatches
+    start = time.perf_counter()
+    ppo_update(agent, optimizer, batch, config, rng, loss_fn)  # warm-up (and compilation)
+    first = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        ppo_update(agent, optimizer, batch, config, rng)
+        ppo_update(agent, optimizer, batch, config, rng, loss_fn)
         times.append((time.perf_counter() - start) / planned * 1e6)
     median = statistics.median(times)
-    print(f"ppo_update: {median:.0f} us per minibatch of {config.minibatch_size} (median of {repeats})")
+    label = "compiled" if compile else "eager"
+    print(f"ppo_update {label:>8}: {median:5.0f} us per minibatch of {config.minibatch_size} "
+          f"(median of {repeats}; first update {first:.1f} s)")
     return median
 
 
 if __name__ == "__main__":
-    main()
+    eager, compiled = measure(False), measure(True)
+    print(f"compiled / eager: {compiled / eager:.2f}")

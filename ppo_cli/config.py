@@ -62,6 +62,8 @@ class Config:
     reward_clip: float = _opt(10.0, "Clip bound of normalised rewards.")
     hidden_sizes: tuple[int, ...] = _opt((64, 64), "Hidden layer widths of both MLPs (tanh), e.g. 64,64.")
     checkpoint_interval: int = _opt(10, "Write checkpoint.pt every this many iterations (and at the end).")
+    compile: bool = _opt(False, "Compile the minibatch loss with torch.compile (needs a C compiler): "
+                                "~1/3 faster updates after ~10-20 s of compiling; eager if it fails.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))

@@ -23,6 +23,7 @@ Decisions, stated once (the README repeats them):
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import signal
@@ -147,18 +148,64 @@ def make_optimizer(agent: ActorCritic, config: Config) -> torch.optim.Optimizer:
         return torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5)
 
 
+LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def minibatch_loss(agent: ActorCritic, config: Config, obs: torch.Tensor, actions: torch.Tensor,
+                   old_logprobs: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                   advantages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's loss on one minibatch (advantages already normalised), all inputs ``(minibatch, ...)``.
+
+    Returns ``(loss, [policy_loss, value_loss, entropy], logratio)``, the last two detached.
+    """
+    logprob, entropy, value = agent.evaluate(obs, actions)
+    logratio = logprob - old_logprobs
+    ratio = torch.exp(logratio)
+    pg_loss = losses.clipped_surrogate(ratio, advantages, config.clip_coef, config.dual_clip)
+    v_loss = losses.value_loss(value, old_values, returns, config.clip_coef if config.clip_vloss else None)
+    ent = entropy.mean()
+    loss = pg_loss - config.ent_coef * ent + config.vf_coef * v_loss
+    return loss, torch.stack((pg_loss, v_loss, ent)).detach(), logratio.detach()
+
+
+def make_loss_fn(agent: ActorCritic, config: Config) -> LossFn:
+    """:func:`minibatch_loss` bound to ``agent`` and ``config``; compiled with ``config.compile``.
+
+    Compiling happens at the first call; if it fails (no C compiler, an unsupported platform) the
+    eager function is used from then on and a warning is logged.
+    """
+    eager = functools.partial(minibatch_loss, agent, config)
+    if not config.compile:
+        return eager
+    compiled = torch.compile(eager, dynamic=False)
+    current: list[LossFn] = [compiled]
+
+    def loss_fn(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        try:
+            return current[0](*tensors)
+        except Exception as exc:  # inductor reports failures with many exception types
+            if current[0] is eager:
+                raise
+            log.warning("torch.compile failed (%s: %s); training eagerly", type(exc).__name__, exc)
+            current[0] = eager
+            return eager(*tensors)
+
+    return loss_fn
+
+
 def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-               config: Config, rng: np.random.Generator) -> UpdateStats:
+               config: Config, rng: np.random.Generator, loss_fn: LossFn | None = None) -> UpdateStats:
     """Run PPO's update passes over one rollout batch (tensors flattened to ``(batch_size, ...)``).
 
     Per epoch the batch is shuffled with one gather and cut into ``num_minibatches`` slices; the
     advantages of every minibatch are normalised (per minibatch) in one operation. Diagnostics stay
-    tensors until the end of the update and are reduced once.
+    tensors until the end of the update and are reduced once. ``loss_fn`` defaults to
+    :func:`minibatch_loss` (see :func:`make_loss_fn`).
     """
+    loss_fn = loss_fn or functools.partial(minibatch_loss, agent, config)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     n_mb, mb_size = config.num_minibatches, config.minibatch_size
     planned = config.update_epochs * n_mb
-    vclip = config.clip_coef if config.clip_vloss else None
     keys = ("obs", "actions", "logprobs", "values", "returns")
     loss_log = torch.zeros(planned, 3)  # policy_loss, value_loss, entropy per minibatch
     logratio_log = torch.zeros(planned, mb_size)
@@ -172,18 +219,12 @@ def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict
             adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
         for i in range(n_mb):
             mb = slice(i * mb_size, (i + 1) * mb_size)
-            logprob, entropy, value = agent.evaluate(epoch["obs"][mb], epoch["actions"][mb])
-            logratio = logprob - epoch["logprobs"][mb]
-            ratio = torch.exp(logratio)
-            pg_loss = losses.clipped_surrogate(ratio, adv[i], config.clip_coef, config.dual_clip)
-            v_loss = losses.value_loss(value, epoch["values"][mb], epoch["returns"][mb], vclip)
-            ent = entropy.mean()
-            loss = pg_loss - config.ent_coef * ent + config.vf_coef * v_loss
-            with torch.no_grad():
-                loss_log[evaluated] = torch.stack((pg_loss, v_loss, ent))
-                logratio_log[evaluated] = logratio
+            loss, loss_terms, logratio = loss_fn(epoch["obs"][mb], epoch["actions"][mb], epoch["logprobs"][mb],
+                                                 epoch["values"][mb], epoch["returns"][mb], adv[i])
+            loss_log[evaluated] = loss_terms
+            logratio_log[evaluated] = logratio
             evaluated += 1
-            if config.target_kl is not None and losses.approx_kl(logratio.detach()).item() > config.target_kl:
+            if config.target_kl is not None and losses.approx_kl(logratio).item() > config.target_kl:
                 stopped = True
                 break
             optimizer.zero_grad(set_to_none=True)
@@ -242,6 +283,7 @@ def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]]
     spaces = envs.spaces
     agent = ActorCritic(spaces.obs_dim, spaces.act_dim, config.hidden_sizes, spaces.discrete, seeds.torch_seed)
     optimizer = make_optimizer(agent, config)
+    loss_fn = make_loss_fn(agent, config)
     obs_filter = ObservationNormalizer((spaces.obs_dim,), config.obs_clip, enabled=config.norm_obs)
     reward_filter = RewardNormalizer(config.num_envs, config.gamma, config.reward_clip, enabled=config.norm_reward)
     action_shape = () if spaces.discrete else (spaces.act_dim,)
@@ -332,7 +374,7 @@ def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]]
                 # ---- update
                 interrupt.check()
                 update_start = time.perf_counter()
-                stats = ppo_update(agent, optimizer, batch, config, rng)
+                stats = ppo_update(agent, optimizer, batch, config, rng, loss_fn)
                 _check_finite(agent, stats, iteration)
                 policy.sync(agent)
                 update_time = time.perf_counter() - update_start

@@ -210,3 +210,45 @@ def test_resume_extends_a_finished_run(tmp_path):
     assert Config.from_json((tmp_path / "config.json").read_text()).total_steps == 1024
     with pytest.raises(ValueError, match="only total_steps may change"):
         train(longer.replace(lr=1e-3), tmp_path, resume=True)
+
+
+@pytest.mark.slow
+def test_compiled_loss_gives_the_eager_update(tmp_path):
+    """--compile changes speed, not the update: same parameters after a full update to 1e-5."""
+    from ppo_cli.trainer import make_loss_fn, make_optimizer
+
+    results = []
+    for compiled in (False, True):
+        config = Config(env_id=POINT, total_steps=256, num_steps=256, num_minibatches=4, update_epochs=3,
+                        compile=compiled, dual_clip=3.0, ent_coef=0.01)
+        agent = ActorCritic(3, 2, (16, 16), seed=0)
+        optimizer = make_optimizer(agent, config)
+        batch = _random_batch(256)
+        with torch.no_grad():
+            batch["logprobs"] = agent.evaluate(batch["obs"], batch["actions"])[0] - 0.1 * batch["advantages"]
+        stats = ppo_update(agent, optimizer, batch, config, np.random.default_rng(0), make_loss_fn(agent, config))
+        results.append((stats, [p.detach().clone() for p in agent.parameters()]))
+    (eager_stats, eager_params), (comp_stats, comp_params) = results
+    for a, b in zip(eager_params, comp_params):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert comp_stats.approx_kl == pytest.approx(eager_stats.approx_kl, rel=1e-3, abs=1e-7)
+    assert comp_stats.value_loss == pytest.approx(eager_stats.value_loss, rel=1e-4)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
+    from ppo_cli.trainer import make_loss_fn
+
+    def broken(fn, **kwargs):
+        def fail(*args):
+            raise RuntimeError("no C compiler")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    config = Config(env_id=POINT, total_steps=64, num_steps=64, num_minibatches=1, compile=True)
+    agent = ActorCritic(3, 2, (8,), seed=0)
+    batch = _random_batch(8)
+    loss_fn = make_loss_fn(agent, config)
+    loss, terms, logratio = loss_fn(batch["obs"], batch["actions"], batch["logprobs"], batch["values"],
+                                    batch["returns"], batch["advantages"])
+    assert torch.isfinite(loss) and terms.shape == (3,) and logratio.shape == (8,)
+    assert "torch.compile failed (RuntimeError: no C compiler); training eagerly" in caplog.text
