@@ -1,5 +1,9 @@
 import json
 import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -164,3 +168,28 @@ def test_user_environment_checkpoint_evaluates(tmp_path):
     result = invoke("eval", tmp_path, "--episodes", "2", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["env_id"] == "tests.fake_envs:PointEnv"
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="needs Xvfb (.ci/run installs it)")
+def test_render_with_a_display_opens_a_live_window(tmp_path):
+    """With DISPLAY set, --render plays in a MuJoCo window (here on a virtual X screen), no video."""
+    from ppo_cli.config import Config
+    from ppo_cli.trainer import train
+
+    train(Config(env_id="InvertedPendulum-v5", total_steps=1024, num_steps=512, num_minibatches=4,
+                 update_epochs=1), tmp_path)  # barely trained: short episodes
+    display = f":{90 + os.getpid() % 500}"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+        env.update(DISPLAY=display, PYTHONPATH=str(Path(__file__).parent.parent))
+        done = subprocess.run([sys.executable, "-m", "ppo_cli", "eval", str(tmp_path), "--render", "--episodes", "2"],
+                              env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        xvfb.terminate()
+        xvfb.wait(timeout=10)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "mean +- std" in done.stdout and "video:" not in done.stdout
+    assert not (tmp_path / "eval.mp4").exists()
