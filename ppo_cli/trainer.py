@@ -288,11 +288,12 @@ def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]]
     reward_filter = RewardNormalizer(config.num_envs, config.gamma, config.reward_clip, enabled=config.norm_reward)
     action_shape = () if spaces.discrete else (spaces.act_dim,)
     storage = RolloutStorage(config.num_steps, config.num_envs, spaces.obs_dim, action_shape)
+    versions = package_versions()
 
     def snapshot(global_step: int, iteration: int) -> dict[str, Any]:
         return copy.deepcopy({
             "config": config.to_dict(), "env_id": config.env_id, "global_step": global_step,
-            "iteration": iteration, "versions": package_versions(),
+            "iteration": iteration, "versions": versions,
             "spaces": {"obs_dim": spaces.obs_dim, "act_dim": spaces.act_dim, "discrete": spaces.discrete},
             "model": agent.state_dict(), "optimizer": optimizer.state_dict(),
             "obs_rms": to_tensors(obs_filter.state_dict()), "reward_rms": to_tensors(reward_filter.state_dict()),
