@@ -28,6 +28,10 @@ setup(
         "imageio>=2.28",
         "imageio-ffmpeg>=0.4.8",
     ],
-    extras_require={"test": ["pytest>=7"], "bench": ["stable-baselines3>=2.3"]},
+    extras_require={
+        "test": ["pytest>=7"],
+        "fast": ["envpool>=1.2"],  # --backend envpool (C++ vectorised MuJoCo)
+        "bench": ["stable-baselines3>=2.3"],
+    },
     entry_points={"console_scripts": ["ppo=ppo_cli.cli:main"]},
 )

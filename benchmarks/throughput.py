@@ -11,7 +11,9 @@ process and the two libraries alternate, so drift of the machine hits both. torc
 thread in both (the faster setting for 64-sample minibatches on a CPU).
 
 ``ppo`` runs twice per repeat: as is, and with ``--compile`` (``torch.compile`` of the minibatch
-loss). Afterwards two ``ppo`` seeds run at once (``--seeds 2`` on 2 cores) for the total step rate.
+loss). Afterwards, once each: ``ppo --backend envpool --num-envs 16 --num-steps 512`` (with and
+without ``--compile``; needs the ``fast`` extra), and two ``ppo`` seeds at once (``--seeds 2`` on
+2 cores) for the total step rate.
 
 Prints each run's steps/s, the medians, their ratios, the raw ``gymnasium.make`` step rate, and
 ``ppo``'s split between rollout and update (microseconds per environment step). The last line is
@@ -32,7 +34,7 @@ from pathlib import Path
 ENV_ID = "Hopper-v4"
 
 
-def run_ppo(steps: int, compile: bool = False) -> dict[str, float]:
+def run_ppo(steps: int, compile: bool = False, **options: object) -> dict[str, float]:
     import torch
 
     from ppo_cli.config import Config
@@ -40,7 +42,7 @@ def run_ppo(steps: int, compile: bool = False) -> dict[str, float]:
 
     torch.set_num_threads(1)
     rows: list[dict] = []
-    config = Config(env_id=ENV_ID, total_steps=steps, checkpoint_interval=10_000, compile=compile)
+    config = Config(env_id=ENV_ID, total_steps=steps, checkpoint_interval=10_000, compile=compile, **options)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         train(config, Path(folder), on_iteration=rows.append)
@@ -86,8 +88,10 @@ def run_env(steps: int) -> dict[str, float]:
     return {"sps": steps / (time.perf_counter() - start)}
 
 
+ENVPOOL16 = {"backend": "envpool", "num_envs": 16, "num_steps": 512}
 RUNNERS = {"ppo": run_ppo, "ppo_compile": lambda steps: run_ppo(steps, compile=True), "sb3": run_sb3,
-           "env": run_env}
+           "env": run_env, "ppo_envpool16": lambda steps: run_ppo(steps, **ENVPOOL16),
+           "ppo_envpool16_compile": lambda steps: run_ppo(steps, compile=True, **ENVPOOL16)}
 
 
 def child(kind: str, steps: int, parallel: int = 1) -> list[dict[str, float]]:
@@ -120,6 +124,9 @@ def main() -> None:
             result = child(kind, args.steps)[0]
             results[kind].append(result)
             print(f"run {repeat + 1} {kind:>11}: {result['sps']:7.0f} steps/s ({result['wall_s']:.1f} s)", flush=True)
+    many = {kind: child(kind, args.steps)[0]["sps"] for kind in ("ppo_envpool16", "ppo_envpool16_compile")}
+    for kind, value in many.items():
+        print(f"{kind:>21}: {value:7.0f} steps/s", flush=True)
     two = child("ppo", args.steps, parallel=2)
     two_sps = sum(r["sps"] for r in two)
     print(f"2 seeds at once     ppo: {two_sps:7.0f} steps/s in total", flush=True)
@@ -134,11 +141,14 @@ def main() -> None:
     print(f"  {'Stable-Baselines3 PPO':<24} {sps['sb3']:7.0f} steps/s")
     print(f"  {'gymnasium.make().step':<24} {env['sps']:7.0f} steps/s  (random actions)")
     print(f"  {'ppo, 2 seeds at once':<24} {two_sps:7.0f} steps/s total ({two_sps / sps['ppo']:.2f}x one seed)")
+    print(f"  {'ppo, envpool, 16 envs':<24} {many['ppo_envpool16']:7.0f} steps/s  (--num-steps 512; "
+          f"{many['ppo_envpool16_compile']:.0f} with --compile)")
     print(f"  ratio ppo / SB3          {sps['ppo'] / sps['sb3']:7.2f}")
     print(f"  ratio ppo --compile / SB3 {sps['ppo_compile'] / sps['sb3']:6.2f}")
     print(f"ratio_vs_sb3={sps['ppo'] / sps['sb3']:.2f} ratio_compile_vs_sb3={sps['ppo_compile'] / sps['sb3']:.2f} "
           f"ppo_sps={sps['ppo']:.0f} ppo_compile_sps={sps['ppo_compile']:.0f} sb3_sps={sps['sb3']:.0f} "
-          f"two_seed_sps={two_sps:.0f} env_sps={env['sps']:.0f}")
+          f"two_seed_sps={two_sps:.0f} envpool16_sps={many['ppo_envpool16']:.0f} "
+          f"envpool16_compile_sps={many['ppo_envpool16_compile']:.0f} env_sps={env['sps']:.0f}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ def config_options(func: Callable) -> Callable:
         if kind is bool:
             decorator = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=f.default, show_default=True,
                                      help=help_text)
+        elif "choices" in f.metadata:
+            decorator = click.option(flag, f.name, type=click.Choice(f.metadata["choices"]), default=f.default,
+                                     show_default=True, help=help_text)
         elif f.name == "hidden_sizes":
             decorator = click.option(flag, f.name, type=HiddenSizes(), default=",".join(map(str, f.default)),
                                      show_default=True, help=help_text)
@@ -162,7 +165,7 @@ def _new_jobs(env: str, num_seeds: int, out_dir: Path, run_name: str | None,
               hyperparameters: dict[str, Any]) -> tuple[list[Any], Path]:
     """Validate everything, check the disk, then create the run and seed folders."""
     from ppo_cli.checkpoint import required_bytes
-    from ppo_cli.envs import EnvError, check_spaces, make_env, resolve_env_id
+    from ppo_cli.envs import EnvError, check_backend, check_spaces, make_env, resolve_env_id
     from ppo_cli.launch import SeedJob
 
     try:
@@ -174,6 +177,10 @@ def _new_jobs(env: str, num_seeds: int, out_dir: Path, run_name: str | None,
             probe.close()
     except EnvError as exc:
         raise click.BadParameter(str(exc), param_hint="'ENV'") from None
+    try:
+        check_backend(env_id, hyperparameters["backend"])
+    except EnvError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--backend'") from None
     config = build_config({"env_id": env_id, **hyperparameters})
     _check_free_space(out_dir, num_seeds * required_bytes(config, spaces.obs_dim, spaces.act_dim), num_seeds)
     run_dir = _make_run_dir(out_dir, env_id, run_name)

@@ -62,6 +62,10 @@ class Config:
     reward_clip: float = _opt(10.0, "Clip bound of normalised rewards.")
     hidden_sizes: tuple[int, ...] = _opt((64, 64), "Hidden layer widths of both MLPs (tanh), e.g. 64,64.")
     checkpoint_interval: int = _opt(10, "Write checkpoint.pt every this many iterations (and at the end).")
+    backend: str = field(default="gymnasium", metadata={
+        "help": "Environment stepping: gymnasium (any environment, one loop) or envpool (C++ worker "
+                "threads; MuJoCo and classic tasks it lists; pip install -e '.[fast]').",
+        "choices": ("gymnasium", "envpool")})
     compile: bool = _opt(False, "Compile the minibatch loss with torch.compile (needs a C compiler): "
                                 "~1/3 faster updates after ~10-20 s of compiling; eager if it fails.")
 
@@ -122,6 +126,8 @@ class Config:
                 f"{self.batch_size} (num_steps {self.num_steps} x num_envs {self.num_envs}); "
                 f"try {divisors[0]}",
             )
+        if self.backend not in ("gymnasium", "envpool"):
+            raise ConfigError("backend", f"backend must be gymnasium or envpool, got {self.backend!r}")
         if self.total_steps < self.batch_size:
             raise ConfigError(
                 ("total_steps", "num_steps", "num_envs"),

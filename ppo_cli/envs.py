@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import difflib
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,7 +146,11 @@ class EnvSpaces:
 
 def check_spaces(env: gym.Env, env_id: str) -> EnvSpaces:
     """Accept a flat ``Box`` observation space and a ``Box`` or ``Discrete`` action space."""
-    obs_space, act_space = env.observation_space, env.action_space
+    return spaces_of(env.observation_space, env.action_space, env_id)
+
+
+def spaces_of(obs_space: gym.Space, act_space: gym.Space, env_id: str) -> EnvSpaces:
+    """:func:`check_spaces` for a pair of spaces."""
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise EnvError(f"{env_id}: observation space {obs_space} is not supported; "
                        f"ppo needs a flat Box observation space")
@@ -273,3 +278,97 @@ class EnvBatch:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+BACKENDS = ("gymnasium", "envpool")
+
+
+def check_backend(env_id: str, backend: str) -> None:
+    """Raise :class:`EnvError` unless ``backend`` can step ``env_id`` here."""
+    if backend == "gymnasium":
+        return
+    try:
+        import envpool
+    except ImportError:
+        raise EnvError("envpool is not installed; pip install -c constraints.txt -e '.[fast]' "
+                       "(or use --backend gymnasium)") from None
+    tasks = envpool.list_all_envs()
+    if env_id not in tasks:
+        close = difflib.get_close_matches(env_id, tasks, n=3, cutoff=0.5)
+        hint = f"; close: {', '.join(close)}" if close else ""
+        raise EnvError(f"envpool has no task {env_id!r}{hint} (use --backend gymnasium for any environment)")
+
+
+def make_env_batch(env_id: str, num_envs: int, seeds: list[int], backend: str = "gymnasium") -> EnvBatch | EnvPoolBatch:
+    """The environment batch of a training run: Gymnasium environments in one loop, or envpool."""
+    if backend == "envpool":
+        check_backend(env_id, backend)
+        return EnvPoolBatch(env_id, num_envs, seeds[0] % 2**31)  # envpool takes an int32 seed
+    return EnvBatch(env_id, num_envs, seeds)
+
+
+class EnvPoolBatch:
+    """:class:`EnvBatch`'s interface over envpool: the C++ environments step on worker threads.
+
+    envpool resets a finished environment on the *next* step (returning reward 0); this class
+    keeps :class:`EnvBatch`'s same-step autoreset by stepping just the finished environments
+    once more right away, so ``obs`` already holds their new first observation and ``final_obs``
+    the last one. Time limits are envpool's own (the task's ``max_episode_steps``). Its MuJoCo tasks
+    match Gymnasium's to rounding (tested). Environments cannot be replayed: after a resume they
+    start new episodes (``exact`` is False).
+    """
+
+    def __init__(self, env_id: str, num_envs: int, seed: int) -> None:
+        import envpool
+
+        self.pool = envpool.make(env_id, env_type="gymnasium", num_envs=num_envs, seed=seed,
+                                 num_threads=min(num_envs, os.cpu_count() or 1))
+        self.spaces = spaces_of(self.pool.observation_space, self.pool.action_space, env_id)
+        self.num_envs = num_envs
+        self.max_episode_steps = int(self.pool.config["max_episode_steps"])
+        n, d = num_envs, self.spaces.obs_dim
+        self.obs = np.zeros((n, d), dtype=np.float64)
+        self.final_obs = np.zeros((n, d), dtype=np.float64)
+        self.episode_return = np.zeros(n, dtype=np.float64)
+        self.episode_length = np.zeros(n, dtype=np.int64)
+        self.finished: list[tuple[float, int]] = []
+        self._idle = np.zeros((n,) if self.spaces.discrete else (n, self.spaces.act_dim),
+                              dtype=np.int64 if self.spaces.discrete else np.float64)
+        self.exact = True
+
+    def reset(self) -> np.ndarray:
+        self.obs[:] = self.pool.reset()[0]
+        self.episode_return[:] = 0.0
+        self.episode_length[:] = 0
+        return self.obs
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        spaces = self.spaces
+        if not spaces.discrete:
+            actions = np.clip(actions, spaces.action_low, spaces.action_high)
+        obs, rewards, terminated, truncated, _ = self.pool.step(actions)
+        self.obs[:] = obs
+        rewards = rewards.astype(np.float64)
+        terminated = terminated.astype(bool)
+        truncated = truncated.astype(bool) & ~terminated
+        self.episode_return += rewards
+        self.episode_length += 1
+        done = np.flatnonzero(terminated | truncated)
+        if done.size:
+            self.final_obs[done] = obs[done]
+            self.finished.extend(zip(self.episode_return[done].tolist(), self.episode_length[done].tolist()))
+            self.episode_return[done] = 0.0
+            self.episode_length[done] = 0
+            self.obs[done] = self.pool.step(self._idle[: done.size], done.astype(np.int32))[0]
+        return self.obs, rewards, terminated, truncated, self.final_obs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"backend": "envpool"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Start new episodes: envpool's simulator state cannot be saved or replayed."""
+        self.reset()
+        self.exact = False
+
+    def close(self) -> None:
+        self.pool.close()

@@ -42,7 +42,7 @@ from ppo_cli.agent import ActorCritic, RolloutPolicy
 from ppo_cli.checkpoint import load_checkpoint, package_versions, save_checkpoint, to_numpy, to_tensors
 from ppo_cli.config import Config
 from ppo_cli.diagnostics import EPISODE_COLUMNS, PROGRESS_COLUMNS, CsvLog
-from ppo_cli.envs import EnvBatch
+from ppo_cli.envs import make_env_batch
 from ppo_cli.rollout import RolloutStorage, gae
 from ppo_cli.wrappers import ObservationNormalizer, RewardNormalizer
 
@@ -279,7 +279,7 @@ def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]]
 
     seeds = _Seeds.from_seed(config.seed, config.num_envs)
     rng = seeds.rng
-    envs = EnvBatch(config.env_id, config.num_envs, seeds.env_seeds)
+    envs = make_env_batch(config.env_id, config.num_envs, seeds.env_seeds, config.backend)
     spaces = envs.spaces
     agent = ActorCritic(spaces.obs_dim, spaces.act_dim, config.hidden_sizes, spaces.discrete, seeds.torch_seed)
     optimizer = make_optimizer(agent, config)
@@ -323,7 +323,9 @@ def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]]
 
     result = TrainResult(config.seed, str(run_dir), "finished", checkpoint=str(checkpoint_path))
     if state is not None and not envs.exact:
-        result.message = "the environment did not replay exactly; resumed from the replayed state"
+        result.message = ("the environments could not be replayed exactly; resumed from new episodes"
+                          if config.backend == "envpool" else
+                          "the environment did not replay exactly; resumed from the replayed state")
     num_steps, num_envs = config.num_steps, config.num_envs
     last_good = snapshot(global_step, first_iteration - 1)
     saved_iteration = first_iteration - 1 if state is not None else -1
