@@ -39,3 +39,19 @@ def write_malicious_checkpoint(path: Path, marker: Path) -> None:
     import torch
 
     torch.save({"format": "ppo_cli.checkpoint", "format_version": 1, "x": _Exploit(marker)}, path)
+
+
+def interrupt_at_update(monkeypatch, n: int) -> None:
+    """Make the trainer's ``n``-th ``ppo_update`` call raise KeyboardInterrupt (a Ctrl-C mid-run)."""
+    from ppo_cli import trainer
+
+    calls = {"n": 0}
+    real = trainer.ppo_update
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "ppo_update", interrupting)

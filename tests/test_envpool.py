@@ -12,6 +12,7 @@ from ppo_cli.cli import cli
 from ppo_cli.config import Config
 from ppo_cli.envs import EnvError, EnvPoolBatch, check_backend
 from ppo_cli.trainer import train
+from tests.conftest import interrupt_at_update
 
 envpool = pytest.importorskip("envpool", reason="the envpool backend is the optional '.[fast]' extra")
 
@@ -97,20 +98,9 @@ def test_cli_backend_errors(tmp_path, monkeypatch):
 def test_training_and_resume_with_envpool(tmp_path, monkeypatch):
     config = Config(env_id="Hopper-v4", backend="envpool", num_envs=4, num_steps=128, total_steps=2048,
                     num_minibatches=4, update_epochs=2, checkpoint_interval=2)
-    from ppo_cli import trainer
-
-    calls = {"n": 0}
-    real = trainer.ppo_update
-
-    def interrupting(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "ppo_update", interrupting)
-    assert train(config, tmp_path).status == "interrupted"
-    monkeypatch.setattr(trainer, "ppo_update", real)
+    with monkeypatch.context() as m:
+        interrupt_at_update(m, 3)
+        assert train(config, tmp_path).status == "interrupted"
     resumed = train(config, tmp_path, resume=True)
     assert resumed.status == "finished" and "resumed from new episodes" in resumed.message
     progress = pd.read_csv(tmp_path / "progress.csv")

@@ -3,13 +3,13 @@ import pandas as pd
 import pytest
 import torch
 
-from ppo_cli import losses, trainer
+from ppo_cli import losses
 from ppo_cli.agent import ActorCritic
 from ppo_cli.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ppo_cli.config import Config
 from ppo_cli.diagnostics import EPISODE_COLUMNS, PROGRESS_COLUMNS, TIMING_COLUMNS
 from ppo_cli.trainer import ppo_update, train
-from tests.conftest import LEARN, LEARN_THRESHOLD
+from tests.conftest import LEARN, LEARN_THRESHOLD, interrupt_at_update
 
 POINT = "tests.fake_envs:PointEnv"
 
@@ -125,16 +125,7 @@ def test_nan_reward_stops_the_run_and_keeps_the_last_good_state(tmp_path):
 
 
 def test_interrupt_saves_the_last_finished_iteration(tmp_path, monkeypatch):
-    calls = {"n": 0}
-    real = trainer.ppo_update
-
-    def interrupting(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "ppo_update", interrupting)
+    interrupt_at_update(monkeypatch, 3)
     result = train(small(checkpoint_interval=100), tmp_path)
     assert result.status == "interrupted" and "after iteration 2" in result.message
     assert load_checkpoint(tmp_path / "checkpoint.pt")["global_step"] == 512
@@ -156,19 +147,6 @@ def test_a_sign_flipped_update_does_not_reach_the_threshold(tmp_path, monkeypatc
     assert result.final_return is not None and result.final_return < LEARN_THRESHOLD / 5, result
 
 
-def _interrupt_at_update(monkeypatch, n: int) -> None:
-    calls = {"n": 0}
-    real = trainer.ppo_update
-
-    def interrupting(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "ppo_update", interrupting)
-
-
 @pytest.mark.parametrize("env_id, num_envs", [("InvertedPendulum-v5", 2), (POINT, 1), ("CartPole-v1", 2)])
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch, env_id, num_envs):
     config = Config(env_id=env_id, total_steps=6 * 128 * num_envs, num_steps=128, num_envs=num_envs,
@@ -179,7 +157,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, monk
     train(config, full)
 
     with monkeypatch.context() as m:
-        _interrupt_at_update(m, 4)  # stops during iteration 4: the checkpoint holds iteration 3
+        interrupt_at_update(m, 4)  # stops during iteration 4: the checkpoint holds iteration 3
         assert train(config, cut).status == "interrupted"
     state = load_checkpoint(cut / "checkpoint.pt")
     assert state["iteration"] == 3
