@@ -5,7 +5,6 @@ No maths here. User mistakes become one ``click`` error line and exit code 2.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shutil
