@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ppo_cli.files import file_mode
+
 FORMAT = "ppo_cli.checkpoint"
 FORMAT_VERSION = 1
 _PACKAGES = ("ppo-cli", "torch", "gymnasium", "mujoco", "numpy")
@@ -99,13 +101,6 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def file_mode() -> int:
-    """The mode a plain ``open()`` would give a new file (mkstemp uses 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -22,6 +22,9 @@ class ConfigError(ValueError):
         self.fields = (fields,) if isinstance(fields, str) else tuple(fields)
 
 
+BACKENDS = ("gymnasium", "envpool")  # how environments are stepped (see ppo_cli.envs)
+
+
 def _opt(default: Any, help: str) -> Any:  # noqa: A002 - "help" is the natural name here
     return field(default=default, metadata={"help": help})
 
@@ -65,7 +68,7 @@ class Config:
     backend: str = field(default="gymnasium", metadata={
         "help": "Environment stepping: gymnasium (any environment, one loop) or envpool (C++ worker "
                 "threads; MuJoCo and classic tasks it lists; pip install -e '.[fast]').",
-        "choices": ("gymnasium", "envpool")})
+        "choices": BACKENDS})
     compile: bool = _opt(False, "Compile the minibatch loss with torch.compile (needs a C compiler): "
                                 "~1/3 faster updates after ~10-20 s of compiling; eager if it fails.")
 
@@ -126,8 +129,8 @@ class Config:
                 f"{self.batch_size} (num_steps {self.num_steps} x num_envs {self.num_envs}); "
                 f"try {divisors[0]}",
             )
-        if self.backend not in ("gymnasium", "envpool"):
-            raise ConfigError("backend", f"backend must be gymnasium or envpool, got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError("backend", f"backend must be {' or '.join(BACKENDS)}, got {self.backend!r}")
         if self.total_steps < self.batch_size:
             raise ConfigError(
                 ("total_steps", "num_steps", "num_envs"),

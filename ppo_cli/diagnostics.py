@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping
+
+from ppo_cli.files import atomic_write_text
 
 PROGRESS_COLUMNS = (
     "global_step", "iteration", "time_s", "sps", "episodic_return", "episodic_length", "episodes",
@@ -78,9 +79,4 @@ def _truncate(path: Path, columns: tuple[str, ...], max_step: int) -> None:
         if not step.isdigit() or int(step) > max_step:
             break
         kept.append(line.replace("\r\n", "\n"))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        f.write("".join(kept))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(kept))

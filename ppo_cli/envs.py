@@ -280,9 +280,6 @@ class EnvBatch:
             env.close()
 
 
-BACKENDS = ("gymnasium", "envpool")
-
-
 def check_backend(env_id: str, backend: str) -> None:
     """Raise :class:`EnvError` unless ``backend`` can step ``env_id`` here."""
     if backend == "gymnasium":

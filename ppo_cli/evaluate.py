@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from ppo_cli.agent import ActorCritic, RolloutPolicy
-from ppo_cli.checkpoint import CheckpointError, file_mode, load_checkpoint, to_numpy
+from ppo_cli.checkpoint import CheckpointError, load_checkpoint, to_numpy
 from ppo_cli.config import Config, ConfigError
 from ppo_cli.envs import check_spaces, make_env
+from ppo_cli.files import atomic_write_text
 from ppo_cli.render import VideoWriter
 from ppo_cli.wrappers import ObservationNormalizer
 
@@ -152,11 +151,7 @@ def evaluate(checkpoint: Path, loaded: LoadedAgent, episodes: int = 10, seed: in
 def save_result(result: EvalResult) -> Path:
     """Write ``eval.json`` next to the checkpoint (atomically); ``ppo plot --eval`` reads it."""
     target = Path(result.checkpoint).parent / EVAL_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".eval.", suffix=".json", dir=target.parent)
-    os.chmod(tmp, file_mode())
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(_json_safe(result.to_dict()), f, indent=2)
-    os.replace(tmp, target)
+    atomic_write_text(target, json.dumps(_json_safe(result.to_dict()), indent=2))
     return target
 
 

@@ -272,7 +272,7 @@ def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]]
     torch.set_num_threads(1)  # small matrices: threads only add synchronisation overhead
     checkpoint_path = run_dir / "checkpoint.pt"
     state = load_checkpoint(checkpoint_path) if resume else None
-    for stale in run_dir.glob(f".{checkpoint_path.name}.*.tmp"):  # left by a hard kill mid-write
+    for stale in run_dir.glob(".*.tmp"):  # atomic writes cut short by a hard kill (ppo_cli.files)
         stale.unlink()
     if state is not None and Config.from_dict(state["config"]).replace(total_steps=config.total_steps) != config:
         raise ValueError(f"{checkpoint_path} was trained with another config; only total_steps may change")
