@@ -23,6 +23,7 @@ setup(
         "numpy>=1.24",
         "click>=8.1",
         "rich>=13",
+        "threadpoolctl>=3.1",  # one BLAS thread per training process (ppo_cli.trainer)
         "pandas>=2.0",
         "seaborn>=0.13",
         "imageio>=2.28",

@@ -8,9 +8,10 @@ They share no parameter; their weights are stored stacked, ``weights[k]`` of sha
 what an update of 64-sample minibatches spends its time on. The critic's output layer is as wide
 as the actor's; its extra columns start at 0, receive exactly zero gradient and so stay 0 (the
 value is column 0). For a ``Box`` action space the policy is a diagonal Gaussian whose mean is the
-actor's output and whose log-std is a state-independent parameter (initialised to 0); actions are
-sampled from the unclipped Normal and only the action sent to the environment is clipped. For a
-``Discrete`` space the actor's outputs are the logits of a categorical policy.
+actor's output and whose log-std is a state-independent parameter (initialised to
+``init_log_std``); actions are sampled from the unclipped Normal and only the action sent to the
+environment is clipped. For a ``Discrete`` space the actor's outputs are the logits of a
+categorical policy.
 
 :class:`RolloutPolicy` (numpy) acts during rollouts. It holds the same weights fused into block
 matrices, so one pass of three matrix products computes the actor and the critic together:
@@ -41,7 +42,7 @@ class ActorCritic(nn.Module):
     categorical head."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...] = (64, 64),
-                 discrete: bool = False, seed: int = 0) -> None:
+                 discrete: bool = False, seed: int = 0, init_log_std: float = 0.0) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.obs_dim, self.act_dim, self.discrete = obs_dim, act_dim, discrete
@@ -61,7 +62,7 @@ class ActorCritic(nn.Module):
                     nn.init.orthogonal_(w, gain, generator=generator)
                     self.weights[k][net, :, :fan_out] = w.T
         if not discrete:
-            self.log_std = nn.Parameter(torch.zeros(act_dim))
+            self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(batch, obs_dim)`` -> (mean or logits ``(batch, act_dim)``, value ``(batch,)``)."""

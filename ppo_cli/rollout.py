@@ -18,7 +18,8 @@ class RolloutStorage:
     """Arrays of shape ``(num_steps, num_envs, ...)``, allocated once and refilled every iteration.
 
     ``bootstrap_values[t, e]`` holds ``V(final observation)`` where step ``t`` of env ``e`` was
-    truncated; :meth:`next_values` combines it with the stored values.
+    truncated (and ``final_obs[t, e]`` that observation, normalised, for recomputing it);
+    :meth:`next_values` combines it with the stored values.
     """
 
     def __init__(self, num_steps: int, num_envs: int, obs_dim: int, action_shape: tuple[int, ...]) -> None:
@@ -31,6 +32,7 @@ class RolloutStorage:
         self.terminated = np.zeros(shape, dtype=bool)
         self.truncated = np.zeros(shape, dtype=bool)
         self.bootstrap_values = np.zeros(shape, dtype=np.float32)
+        self.final_obs = np.zeros(shape + (obs_dim,), dtype=np.float32)  # normalised, where truncated
 
     def next_values(self, last_value: np.ndarray) -> np.ndarray:
         """``V(s_{t+1})`` for every step: the next stored value, ``last_value`` after the last step,

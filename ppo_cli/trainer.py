@@ -8,7 +8,8 @@ Decisions, stated once (the README repeats them):
   they arrive; rewards are scaled by the reward filter; both only during training.
 * GAE: see :mod:`ppo_cli.rollout` (terminations bootstrap with 0, truncations with V(final obs)).
 * Update: ``update_epochs`` passes over the batch in ``num_minibatches`` shuffled minibatches;
-  advantages normalised per minibatch; clipped (optionally dual-clip) surrogate; value loss clipped
+  advantages recomputed with the current critic before each epoch after the first
+  (``--recompute-adv``); advantages normalised per minibatch (``--norm-adv``); clipped (optionally dual-clip) surrogate; value loss clipped
   around the old value (``--clip-vloss``); entropy bonus; global grad-norm clip; Adam (eps 1e-5),
   learning rate annealed linearly from ``lr`` to 0 over the run (``--anneal-lr``).
 * KL early stop: before each minibatch's gradient step the KL estimate ``mean((r-1) - log r)`` of
@@ -35,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from ppo_cli import losses
@@ -193,14 +195,41 @@ def make_loss_fn(agent: ActorCritic, config: Config) -> LossFn:
     return loss_fn
 
 
+@torch.no_grad()
+def recompute_advantages(agent: ActorCritic, storage: RolloutStorage, last_obs: np.ndarray,
+                         config: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE ``(advantages, returns)``, flattened, with values from the critic as it is now.
+
+    Every stored observation, the truncated episodes' final observations and the observation after
+    the rollout are evaluated in one batch; the rollout's rewards and episode ends are reused.
+    """
+    num_steps, num_envs = storage.values.shape
+    truncated = storage.truncated
+    obs = np.concatenate([storage.obs.reshape(num_steps * num_envs, -1), last_obs, storage.final_obs[truncated]])
+    values = agent.value(torch.from_numpy(obs)).numpy()
+    n = num_steps * num_envs
+    current = values[:n].reshape(num_steps, num_envs)
+    nxt = np.empty_like(current)
+    nxt[:-1] = current[1:]
+    nxt[-1] = values[n:n + num_envs]
+    nxt[truncated] = values[n + num_envs:]
+    advantages, returns = gae(storage.rewards, current, nxt, storage.terminated, storage.terminated | truncated,
+                              config.gamma, config.gae_lambda)
+    return (torch.from_numpy(advantages.reshape(n).astype(np.float32)),
+            torch.from_numpy(returns.reshape(n).astype(np.float32)))
+
+
 def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-               config: Config, rng: np.random.Generator, loss_fn: LossFn | None = None) -> UpdateStats:
+               config: Config, rng: np.random.Generator, loss_fn: LossFn | None = None,
+               recompute: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None) -> UpdateStats:
     """Run PPO's update passes over one rollout batch (tensors flattened to ``(batch_size, ...)``).
 
-    Per epoch the batch is shuffled with one gather and cut into ``num_minibatches`` slices; the
-    advantages of every minibatch are normalised (per minibatch) in one operation. Diagnostics stay
-    tensors until the end of the update and are reduced once. ``loss_fn`` defaults to
-    :func:`minibatch_loss` (see :func:`make_loss_fn`).
+    Per epoch the batch is shuffled with one gather and cut into ``num_minibatches`` slices; with
+    ``config.norm_adv`` the advantages of every minibatch are normalised (per minibatch) in one
+    operation. ``recompute``, if given, returns fresh ``(advantages, returns)`` and is called
+    before every epoch after the first (``--recompute-adv``). Diagnostics stay tensors until the
+    end of the update and are reduced once. ``loss_fn`` defaults to :func:`minibatch_loss` (see
+    :func:`make_loss_fn`).
     """
     loss_fn = loss_fn or functools.partial(minibatch_loss, agent, config)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -211,11 +240,14 @@ def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict
     logratio_log = torch.zeros(planned, mb_size)
     evaluated = steps = 0
     stopped = False
-    for _epoch in range(config.update_epochs):
+    for epoch_index in range(config.update_epochs):
+        if recompute is not None and epoch_index > 0:
+            batch = {**batch}
+            batch["advantages"], batch["returns"] = recompute()
         order = torch.from_numpy(rng.permutation(config.batch_size))
         epoch = {k: batch[k].index_select(0, order) for k in keys}
         adv = batch["advantages"].index_select(0, order).view(n_mb, mb_size)
-        if mb_size > 1:
+        if config.norm_adv and mb_size > 1:
             adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
         for i in range(n_mb):
             mb = slice(i * mb_size, (i + 1) * mb_size)
@@ -255,6 +287,19 @@ def _check_finite(agent: ActorCritic, stats: UpdateStats, iteration: int) -> Non
 
 def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]], None] | None = None,
           resume: bool = False) -> TrainResult:
+    """Train one seed with one thread for torch and numpy's BLAS (see :func:`_train`).
+
+    The matrices are small: a second BLAS thread only adds hand-offs, and when another process
+    (another seed) holds the other core those hand-offs cost milliseconds per matrix product
+    (measured: a 64-row forward pass took 1.3 ms with OpenBLAS's 2 threads, 0.2 ms with 1).
+    """
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _train(config, run_dir, on_iteration, resume)
+
+
+def _train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]], None] | None = None,
+           resume: bool = False) -> TrainResult:
     """Train one seed; write ``config.json``, ``progress.csv``, ``episodes.csv``, ``checkpoint.pt``.
 
     ``run_dir`` must exist. ``on_iteration`` receives every ``progress.csv`` row as a dict (plus
@@ -269,7 +314,6 @@ def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]]
     """
     run_dir = Path(run_dir)
     start = time.perf_counter()
-    torch.set_num_threads(1)  # small matrices: threads only add synchronisation overhead
     checkpoint_path = run_dir / "checkpoint.pt"
     state = load_checkpoint(checkpoint_path) if resume else None
     for stale in run_dir.glob(".*.tmp"):  # atomic writes cut short by a hard kill (ppo_cli.files)
@@ -281,7 +325,8 @@ def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]]
     rng = seeds.rng
     envs = make_env_batch(config.env_id, config.num_envs, seeds.env_seeds, config.backend)
     spaces = envs.spaces
-    agent = ActorCritic(spaces.obs_dim, spaces.act_dim, config.hidden_sizes, spaces.discrete, seeds.torch_seed)
+    agent = ActorCritic(spaces.obs_dim, spaces.act_dim, config.hidden_sizes, spaces.discrete, seeds.torch_seed,
+                        config.init_log_std)
     optimizer = make_optimizer(agent, config)
     loss_fn = make_loss_fn(agent, config)
     obs_filter = ObservationNormalizer((spaces.obs_dim,), config.obs_clip, enabled=config.norm_obs)
@@ -352,7 +397,9 @@ def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]]
                     next_obs, rewards, terminated, truncated, final_obs = envs.step(actions)
                     dones = terminated | truncated
                     if truncated.any():
-                        storage.bootstrap_values[t, truncated] = policy.value(obs_filter.normalize(final_obs[truncated]))
+                        final = obs_filter.normalize(final_obs[truncated])
+                        storage.final_obs[t, truncated] = final
+                        storage.bootstrap_values[t, truncated] = policy.value(final)
                     storage.rewards[t] = reward_filter(rewards, dones)
                     storage.terminated[t] = terminated
                     storage.truncated[t] = truncated
@@ -377,7 +424,9 @@ def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]]
                 # ---- update
                 interrupt.check()
                 update_start = time.perf_counter()
-                stats = ppo_update(agent, optimizer, batch, config, rng, loss_fn)
+                recompute = functools.partial(recompute_advantages, agent, storage, obs, config)
+                stats = ppo_update(agent, optimizer, batch, config, rng, loss_fn,
+                                   recompute if config.recompute_adv else None)
                 _check_finite(agent, stats, iteration)
                 policy.sync(agent)
                 update_time = time.perf_counter() - update_start

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 
 from ppo_cli.config import Config  # noqa: E402
 
-LEARN = Config(env_id="InvertedPendulum-v5", total_steps=20480, num_steps=1024, num_minibatches=32)
+LEARN = Config(env_id="InvertedPendulum-v5", total_steps=20480, num_envs=1, num_steps=1024, num_minibatches=32)
 LEARN_THRESHOLD = 500.0  # max 1000; a random policy scores ~5-10
 
 

@@ -13,7 +13,7 @@ from ppo_cli.cli import cli
 from ppo_cli.config import Config
 from ppo_cli.launch import SeedJob, run_seeds
 
-TINY = ["--total-steps", "512", "--num-steps", "256", "--num-minibatches", "4", "--update-epochs", "2",
+TINY = ["--total-steps", "512", "--num-envs", "1", "--num-steps", "256", "--num-minibatches", "4", "--update-epochs", "2",
         "--hidden-sizes", "16,16", "--quiet"]
 
 
@@ -29,9 +29,10 @@ def test_help_lists_every_option_with_defaults():
                  "--clip-coef", "--dual-clip", "--clip-vloss / --no-clip-vloss", "--ent-coef", "--vf-coef",
                  "--max-grad-norm", "--target-kl", "--norm-obs / --no-norm-obs",
                  "--norm-reward / --no-norm-reward", "--hidden-sizes", "--out", "--run-name", "--jobs",
-                 "--quiet"):
+                 "--quiet", "--norm-adv / --no-norm-adv", "--recompute-adv / --no-recompute-adv",
+                 "--init-log-std"):
         assert flag in result.output, flag
-    assert "[default: 2048]" in result.output
+    assert "[default: 32]" in result.output and "[default: -0.5]" in result.output
     assert invoke("--help").exit_code == 0
 
 
@@ -91,7 +92,7 @@ def test_multi_seed_run_writes_every_file_and_never_overwrites(tmp_path):
 
 
 def test_a_failing_seed_does_not_stop_the_others(tmp_path):
-    good = Config(env_id="tests.fake_envs:PointEnv", total_steps=256, num_steps=128, num_minibatches=2,
+    good = Config(env_id="tests.fake_envs:PointEnv", total_steps=256, num_envs=1, num_steps=128, num_minibatches=2,
                   update_epochs=1, seed=0)
     bad = good.replace(env_id="tests.fake_envs:MultiDiscreteEnv", seed=1)
     for name in ("good", "bad"):
@@ -113,7 +114,7 @@ def test_python_dash_m_and_console_script():
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_saves_a_checkpoint(tmp_path):
     cmd = [sys.executable, "-m", "ppo_cli", "train", "tests.fake_envs:PointEnv", "--total-steps", "2000000",
-           "--num-steps", "256", "--num-minibatches", "4", "--update-epochs", "2", "--seeds", "2", "--jobs", "2",
+           "--num-envs", "1", "--num-steps", "256", "--num-minibatches", "4", "--update-epochs", "2", "--seeds", "2", "--jobs", "2",
            "--checkpoint-interval", "1000", "--out", str(tmp_path), "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,

@@ -5,12 +5,13 @@ import pytest
 from ppo_cli.config import Config, ConfigError
 
 
-def test_defaults_are_the_common_mujoco_settings_and_sizes_are_derived():
+def test_defaults_are_the_benchmarked_mujoco_config_and_sizes_are_derived():
     c = Config(env_id="Hopper-v5")
-    assert (c.num_steps, c.update_epochs, c.num_minibatches, c.lr, c.gamma, c.gae_lambda) == \
-        (2048, 10, 32, 3e-4, 0.99, 0.95)
+    assert (c.num_envs, c.num_steps, c.update_epochs, c.num_minibatches, c.lr, c.gamma, c.gae_lambda) == \
+        (64, 32, 10, 32, 3e-4, 0.99, 0.95)
     assert (c.clip_coef, c.clip_vloss, c.ent_coef, c.vf_coef, c.max_grad_norm, c.hidden_sizes) == \
-        (0.2, True, 0.0, 0.5, 0.5, (64, 64))
+        (0.2, False, 0.0, 0.25, 0.5, (64, 64))
+    assert (c.norm_adv, c.recompute_adv, c.init_log_std) == (False, True, -0.5)
     assert c.anneal_lr and c.norm_obs and c.norm_reward and c.target_kl is None and c.dual_clip is None
     assert (c.batch_size, c.minibatch_size, c.num_iterations) == (2048, 64, 488)
     with pytest.raises(dataclasses.FrozenInstanceError):

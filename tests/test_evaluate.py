@@ -163,7 +163,7 @@ def test_user_environment_checkpoint_evaluates(tmp_path):
     from ppo_cli.config import Config
     from ppo_cli.trainer import train
 
-    train(Config(env_id="tests.fake_envs:PointEnv", total_steps=256, num_steps=128, num_minibatches=2,
+    train(Config(env_id="tests.fake_envs:PointEnv", total_steps=256, num_envs=1, num_steps=128, num_minibatches=2,
                  update_epochs=1), tmp_path)
     result = invoke("eval", tmp_path, "--episodes", "2", "--json")
     assert result.exit_code == 0, result.output
@@ -176,7 +176,7 @@ def test_render_with_a_display_opens_a_live_window(tmp_path):
     from ppo_cli.config import Config
     from ppo_cli.trainer import train
 
-    train(Config(env_id="InvertedPendulum-v5", total_steps=1024, num_steps=512, num_minibatches=4,
+    train(Config(env_id="InvertedPendulum-v5", total_steps=1024, num_envs=1, num_steps=512, num_minibatches=4,
                  update_epochs=1), tmp_path)  # barely trained: short episodes
     display = f":{90 + os.getpid() % 500}"
     xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24"], stdout=subprocess.DEVNULL,

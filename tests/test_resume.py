@@ -20,7 +20,7 @@ from tests.conftest import write_malicious_checkpoint
 
 ROOT = Path(__file__).parent.parent
 POINT = "tests.fake_envs:PointEnv"
-SMALL = ["--num-steps", "256", "--num-minibatches", "4", "--update-epochs", "2", "--hidden-sizes", "16,16",
+SMALL = ["--num-envs", "1", "--num-steps", "256", "--num-minibatches", "4", "--update-epochs", "2", "--hidden-sizes", "16,16",
          "--quiet"]
 
 

@@ -15,7 +15,7 @@ POINT = "tests.fake_envs:PointEnv"
 
 
 def small(**changes) -> Config:
-    base = dict(env_id=POINT, total_steps=1024, num_steps=256, num_minibatches=4, update_epochs=2,
+    base = dict(env_id=POINT, total_steps=1024, num_envs=1, num_steps=256, num_minibatches=4, update_epochs=2,
                 hidden_sizes=(16, 16), checkpoint_interval=2)
     return Config(**{**base, **changes})
 
@@ -28,7 +28,7 @@ def _random_batch(n: int, obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> 
 
 
 def test_kl_early_stop_halts_the_update():
-    config = Config(env_id=POINT, total_steps=64, num_steps=64, num_minibatches=4, update_epochs=5,
+    config = Config(env_id=POINT, total_steps=64, num_envs=1, num_steps=64, num_minibatches=4, update_epochs=5,
                     target_kl=1e-12)
     agent = ActorCritic(3, 2, (8,), seed=0)
     before = [p.detach().clone() for p in agent.parameters()]
@@ -43,7 +43,7 @@ def test_kl_early_stop_halts_the_update():
 
 
 def test_kl_early_stop_stops_midway_when_the_policy_moves():
-    config = Config(env_id=POINT, total_steps=256, num_steps=256, num_minibatches=8, update_epochs=10,
+    config = Config(env_id=POINT, total_steps=256, num_envs=1, num_steps=256, num_minibatches=8, update_epochs=10,
                     lr=0.05, target_kl=0.01, anneal_lr=False)
     agent = ActorCritic(3, 2, (8,), seed=0)
     batch = _random_batch(256)
@@ -106,7 +106,7 @@ def test_same_seed_gives_identical_progress_apart_from_timing(tmp_path):
 
 
 def test_discrete_action_space_trains(tmp_path):
-    result = train(Config(env_id="CartPole-v1", total_steps=512, num_steps=128, num_minibatches=4,
+    result = train(Config(env_id="CartPole-v1", total_steps=512, num_envs=1, num_steps=128, num_minibatches=4,
                           update_epochs=2), tmp_path)
     assert result.status == "finished"
     progress = pd.read_csv(tmp_path / "progress.csv")
@@ -197,7 +197,7 @@ def test_compiled_loss_gives_the_eager_update(tmp_path):
 
     results = []
     for compiled in (False, True):
-        config = Config(env_id=POINT, total_steps=256, num_steps=256, num_minibatches=4, update_epochs=3,
+        config = Config(env_id=POINT, total_steps=256, num_envs=1, num_steps=256, num_minibatches=4, update_epochs=3,
                         compile=compiled, dual_clip=3.0, ent_coef=0.01)
         agent = ActorCritic(3, 2, (16, 16), seed=0)
         optimizer = make_optimizer(agent, config)
@@ -222,7 +222,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)
-    config = Config(env_id=POINT, total_steps=64, num_steps=64, num_minibatches=1, compile=True)
+    config = Config(env_id=POINT, total_steps=64, num_envs=1, num_steps=64, num_minibatches=1, compile=True)
     agent = ActorCritic(3, 2, (8,), seed=0)
     batch = _random_batch(8)
     loss_fn = make_loss_fn(agent, config)
@@ -230,3 +230,87 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
                                     batch["returns"], batch["advantages"])
     assert torch.isfinite(loss) and terms.shape == (3,) and logratio.shape == (8,)
     assert "torch.compile failed (RuntimeError: no C compiler); training eagerly" in caplog.text
+
+
+def _filled_storage(num_steps: int = 6, num_envs: int = 3, obs_dim: int = 3, seed: int = 0):
+    from ppo_cli.rollout import RolloutStorage
+
+    rng = np.random.default_rng(seed)
+    storage = RolloutStorage(num_steps, num_envs, obs_dim, (2,))
+    storage.obs[:] = rng.standard_normal(storage.obs.shape)
+    storage.rewards[:] = rng.standard_normal(storage.rewards.shape)
+    storage.terminated[2, 0] = True
+    storage.truncated[3, 1] = storage.truncated[5, 2] = True
+    storage.final_obs[storage.truncated] = rng.standard_normal((2, obs_dim))
+    return storage, rng.standard_normal((num_envs, obs_dim)).astype(np.float32)
+
+
+def test_recompute_advantages_is_gae_with_the_current_critic():
+    from ppo_cli.rollout import gae
+    from ppo_cli.trainer import recompute_advantages
+
+    storage, last_obs = _filled_storage()
+    agent = ActorCritic(3, 2, (8,), seed=0)
+    config = Config(env_id=POINT, total_steps=18, num_steps=6, num_envs=3, num_minibatches=1, gae_lambda=0.9)
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.normal_()  # an output layer that is not near 0, so values matter
+        value = lambda x: agent.value(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()  # noqa: E731
+        values = value(storage.obs.reshape(18, 3)).reshape(6, 3)
+        nxt = np.vstack([values[1:], value(last_obs)[None]])
+        for t, e in zip(*np.nonzero(storage.truncated)):  # truncation: V(final obs), by hand
+            nxt[t, e] = value(storage.final_obs[t, e][None])[0]
+    # the recursion is cut at the termination and both truncations
+    expected_adv, expected_ret = gae(storage.rewards, values, nxt, storage.terminated,
+                                     storage.terminated | storage.truncated, 0.99, 0.9)
+    advantages, returns = recompute_advantages(agent, storage, last_obs, config)
+    np.testing.assert_allclose(advantages.numpy(), expected_adv.reshape(18), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(returns.numpy(), expected_ret.reshape(18), rtol=1e-5, atol=1e-5)
+    assert storage.terminated[2, 0] and abs(expected_adv[2, 0] - (storage.rewards[2, 0] - values[2, 0])) < 1e-5
+
+
+def test_recompute_adv_changes_the_update_only_after_the_first_epoch():
+    calls = []
+    agent = ActorCritic(3, 2, (8,), seed=0)
+    batch = _random_batch(64)
+
+    def recompute():
+        calls.append(1)
+        return batch["advantages"] * 0.0, batch["returns"]
+
+    config = Config(env_id=POINT, total_steps=64, num_envs=1, num_steps=64, num_minibatches=4, update_epochs=3)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3, eps=1e-5)
+    ppo_update(agent, optimizer, batch, config, np.random.default_rng(0), recompute=recompute)
+    assert len(calls) == 2  # before epochs 2 and 3
+
+
+def test_norm_adv_off_keeps_the_advantage_scale():
+    """Without per-minibatch normalisation, scaling the advantages scales the policy loss."""
+    batch = _random_batch(64)
+    batch["advantages"] = batch["advantages"] + 5.0
+    losses_by_scale = {}
+    for norm in (True, False):
+        for scale in (1.0, 10.0):
+            agent = ActorCritic(3, 2, (8,), seed=0)
+            with torch.no_grad():
+                batch["logprobs"] = agent.evaluate(batch["obs"], batch["actions"])[0]
+            scaled = {**batch, "advantages": batch["advantages"] * scale}
+            config = Config(env_id=POINT, total_steps=64, num_envs=1, num_steps=64, num_minibatches=1, update_epochs=1,
+                            norm_adv=norm)
+            optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3, eps=1e-5)
+            stats = ppo_update(agent, optimizer, scaled, config, np.random.default_rng(0))
+            losses_by_scale[norm, scale] = stats.policy_loss
+    # ratio 1 on the first step: the loss is -mean(A)
+    assert losses_by_scale[True, 1.0] == pytest.approx(0.0, abs=1e-6)
+    assert losses_by_scale[True, 10.0] == pytest.approx(0.0, abs=1e-6)
+    assert losses_by_scale[False, 1.0] == pytest.approx(-float(batch["advantages"].mean()), rel=1e-5)
+    assert losses_by_scale[False, 10.0] == pytest.approx(10 * losses_by_scale[False, 1.0], rel=1e-5)
+
+
+def test_init_log_std_sets_the_initial_action_std(tmp_path):
+    result = train(small(init_log_std=-1.0, total_steps=256, update_epochs=1), tmp_path)
+    assert result.ok
+    agent = ActorCritic(2, 1, (16, 16), seed=0, init_log_std=-1.0)
+    assert torch.allclose(agent.log_std.detach(), torch.tensor([-1.0]))
+    first_std = pd.read_csv(tmp_path / "progress.csv")["action_std"].iloc[0]
+    assert first_std == pytest.approx(np.exp(-1.0), rel=0.05)  # one small update from exp(-1)

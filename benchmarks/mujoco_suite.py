@@ -1,0 +1,214 @@
+"""Learning quality on MuJoCo: train, evaluate and summarise Hopper, HalfCheetah and Walker2d.
+
+    make benchmark                                       # or:
+    python benchmarks/mujoco_suite.py --seeds 5 --jobs 2       # 3 tasks x 5 seeds x 1M steps
+    nohup make benchmark > benchmark.log 2>&1 &          # in the background
+
+Three phases, each skipping work already done, so the same command resumes an interrupted
+benchmark (Ctrl-C, a killed shell, a reboot). (Not named ``mujoco.py``: run as a script, that
+name would shadow the ``mujoco`` package.)
+
+1. **train** every (task, seed) with ``ppo``'s *default* config (``--set name=value`` overrides a
+   field, for experiments; the record says which), in ``--jobs`` worker processes taking jobs
+   from one queue across tasks, into ``RUNS/<env id>/<name>/seed_<k>/``, the layout of
+   ``ppo train``. A seed with a checkpoint continues from it (``ppo train --resume``'s code
+   path); a finished one is left alone.
+2. **evaluate** every final checkpoint with ``ppo eval RUN --episodes 10`` (deterministic: the
+   Gaussian mean, the saved observation statistics frozen, raw rewards), which writes
+   ``eval.json`` beside each checkpoint.
+3. **summarise** with ``ppo plot``'s library call: the figure (return and diagnostics across
+   seeds, one column per task) and per task: seeds, IQM of the evaluation return with its 95%
+   stratified-bootstrap interval, mean +- std, the final training return (mean of the episodes
+   in each seed's last 10% of steps), wall time and steps/s. Written to ``RESULTS/summary.csv``,
+   ``RESULTS/seeds.csv``, ``RESULTS/learning_curves.png`` and ``RESULTS/config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ppo_cli.checkpoint import load_checkpoint
+from ppo_cli.config import Config, ConfigError
+from ppo_cli.envs import resolve_env_id
+from ppo_cli.launch import SeedJob, run_one
+
+TASKS = ("Hopper-v4", "HalfCheetah-v4", "Walker2d-v4")
+PUBLISHED = {  # the references of issue #7, about 1M steps; each measures differently (see README)
+    "Hopper-v4": 2800, "HalfCheetah-v4": 5000, "Walker2d-v4": 3800,
+}
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``["lr=1e-4", "hidden_sizes=64,64"]`` -> field values, typed like the Config defaults."""
+    defaults = Config(env_id="x").to_dict()
+    out: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in defaults or name in ("env_id", "seed", "total_steps"):
+            raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME a config field "
+                             f"({', '.join(n for n in defaults if n not in ('env_id', 'seed', 'total_steps'))})")
+        default = defaults[name]
+        if isinstance(default, bool):
+            value: object = text.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, list):
+            value = [int(v) for v in text.split(",")]
+        elif text.lower() in ("none", "off", ""):
+            value = None
+        elif isinstance(default, int):
+            value = int(text)
+        elif isinstance(default, float) or default is None:
+            value = float(text)
+        else:
+            value = text
+        out[name] = value
+    return out
+
+
+def seed_jobs(runs: Path, name: str, tasks: list[str], seeds: int, steps: int,
+              overrides: dict[str, object]) -> list[SeedJob]:
+    """Jobs still to run, interleaved across tasks; finished seeds are skipped, started ones resumed."""
+    jobs = []
+    for seed in range(seeds):
+        for env_id in tasks:
+            config = Config(env_id=env_id, seed=seed, total_steps=steps, **overrides)
+            seed_dir = runs / env_id / name / f"seed_{seed}"
+            checkpoint = seed_dir / "checkpoint.pt"
+            if checkpoint.is_file():
+                state = load_checkpoint(checkpoint)
+                saved = Config.from_dict(state["config"])
+                if saved.replace(total_steps=steps) != config:
+                    raise SystemExit(f"{seed_dir} was trained with another config; use another --name "
+                                     f"or remove it")
+                if int(state["global_step"]) >= config.num_iterations * config.batch_size:
+                    continue
+                jobs.append(SeedJob(config, seed_dir, resume=True))
+            else:
+                seed_dir.mkdir(parents=True, exist_ok=True)
+                jobs.append(SeedJob(config, seed_dir))
+    return jobs
+
+
+def _train_job(job: SeedJob) -> tuple[str, int, str, str]:
+    every = max(1, job.config.num_iterations // 10)
+
+    def emit(event: tuple) -> None:
+        kind, seed, payload = event
+        if kind == "iteration" and (payload["iteration"] % every == 0):
+            ret = payload["final_return"]
+            print(f"  {job.config.env_id} seed {seed}: step {payload['global_step']:>9,}  "
+                  f"sps {payload['sps']:>5}  return {ret if ret is None else round(ret, 1)}", flush=True)
+
+    result = run_one(job, emit)
+    return job.config.env_id, job.config.seed, result.status, result.message
+
+
+def train_all(jobs: list[SeedJob], workers: int) -> bool:
+    if not jobs:
+        print("train: every seed has finished")
+        return True
+    print(f"train: {len(jobs)} seed run(s), {workers} at a time", flush=True)
+    ok = True
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_train_job, job) for job in jobs]
+        for future in cf.as_completed(futures):
+            env_id, seed, status, message = future.result()
+            print(f"done: {env_id} seed {seed}: {status} {message}".rstrip(), flush=True)
+            ok &= status == "finished"
+    return ok
+
+
+def evaluate_all(run_folders: list[Path], episodes: int) -> None:
+    for folder in run_folders:
+        stale = [c for c in folder.glob("seed_*/checkpoint.pt")
+                 if not (c.parent / "eval.json").is_file()
+                 or (c.parent / "eval.json").stat().st_mtime < c.stat().st_mtime]
+        if not stale:
+            print(f"eval: {folder} is evaluated")
+            continue
+        print(f"eval: {folder}", flush=True)
+        subprocess.run([sys.executable, "-m", "ppo_cli", "eval", str(folder), "--episodes", str(episodes)],
+                       check=True)
+
+
+def summarise(run_folders: list[Path], results: Path, config: Config) -> pd.DataFrame:
+    from ppo_cli.plots.report import plot_runs
+
+    results.mkdir(parents=True, exist_ok=True)
+    plotted = plot_runs(run_folders, results / "learning_curves.png", with_eval=True)
+    for warning in plotted.warnings:
+        print(f"warning: {warning}")
+    seeds = []
+    for folder in run_folders:
+        for seed_dir in sorted(folder.glob("seed_*")):
+            progress = pd.read_csv(seed_dir / "progress.csv")
+            evaluation = json.loads((seed_dir / "eval.json").read_text())
+            last = progress.iloc[-1]
+            seeds.append({"env": folder.parent.name, "seed": int(seed_dir.name.split("_")[1]),
+                          "eval_mean": evaluation["mean"], "eval_std": evaluation["std"],
+                          "steps": int(last["global_step"]), "wall_time_s": float(last["time_s"]),
+                          "sps": float(last["global_step"]) / float(last["time_s"])})
+    per_seed = pd.DataFrame(seeds)
+    per_seed.to_csv(results / "seeds.csv", index=False, float_format="%.6g")
+    timing = per_seed.groupby("env").agg(wall_time_s=("wall_time_s", "median"), sps=("sps", "median"))
+    summary = plotted.summary.join(timing, on="env")
+    summary["target"] = summary["env"].map(PUBLISHED)
+    summary.to_csv(results / "summary.csv", index=False, float_format="%.6g")
+    (results / "config.json").write_text(config.to_json(), encoding="utf-8")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated env ids or aliases")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--jobs", type=int, default=2, help="seed runs trained at once (processes)")
+    parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per checkpoint")
+    parser.add_argument("--name", default="default", help="run name (folder under RUNS/<env id>/)")
+    parser.add_argument("--runs", type=Path, default=Path("results/benchmark"), help="training output (not committed)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="summary folder [default: benchmarks/results/mujoco/NAME]")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a config field (experiments; the default config otherwise)")
+    parser.add_argument("--skip-train", action="store_true", help="only evaluate and summarise")
+    args = parser.parse_args()
+
+    tasks = [resolve_env_id(t.strip()) for t in args.tasks.split(",") if t.strip()]
+    overrides = parse_overrides(args.overrides)
+    try:
+        config = Config(env_id=tasks[0], total_steps=args.steps, **overrides)
+    except ConfigError as exc:
+        raise SystemExit(f"--set: {exc}") from None
+    results = args.results or Path("benchmarks/results/mujoco") / args.name
+    folders = [args.runs / env_id / args.name for env_id in tasks]
+    start = time.perf_counter()
+    if not args.skip_train:
+        jobs = seed_jobs(args.runs, args.name, tasks, args.seeds, args.steps, overrides)
+        if not train_all(jobs, args.jobs):
+            raise SystemExit("some seeds did not finish; run the same command again to resume them")
+    evaluate_all(folders, args.episodes)
+    summary = summarise(folders, results, config)
+    columns = ["env", "seeds", "eval_iqm", "eval_iqm_ci_low", "eval_iqm_ci_high", "eval_mean", "eval_std",
+               "final_mean", "final_std", "wall_time_s", "sps", "target"]
+    with pd.option_context("display.width", 200, "display.float_format", "{:.0f}".format):
+        print(summary[columns].to_string(index=False))
+    print(f"results: {results} ({time.perf_counter() - start:.0f} s)")
+    for _, row in summary.iterrows():
+        if np.isfinite(row["eval_iqm"]):
+            print(f"{row['env']}: eval_iqm={row['eval_iqm']:.0f} target={row['target']}")
+
+
+if __name__ == "__main__":
+    main()
