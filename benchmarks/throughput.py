@@ -10,6 +10,10 @@ orthogonal init, observation and reward normalisation (SB3: ``VecNormalize``). E
 process and the two libraries alternate, so drift of the machine hits both. torch runs with one
 thread in both (the faster setting for 64-sample minibatches on a CPU).
 
+These classic settings are pinned (``CLASSIC``): ``ppo``'s own defaults differ (64 environments x 32
+steps; see README "Learning quality"), and are measured once too (``ppo defaults``, also with
+``--backend envpool``).
+
 ``ppo`` runs twice per repeat: as is, and with ``--compile`` (``torch.compile`` of the minibatch
 loss). Afterwards, once each: ``ppo --backend envpool --num-envs 16 --num-steps 512`` (with and
 without ``--compile``; needs the ``fast`` extra), and two ``ppo`` seeds at once (``--seeds 2`` on
@@ -31,18 +35,25 @@ import tempfile
 import time
 from pathlib import Path
 
+from ppo_cli.config import Config
+
 ENV_ID = "Hopper-v4"
+
+
+# SB3's settings, pinned: ppo's own defaults (64 envs x 32 steps, recomputed advantages, ...) differ
+CLASSIC = {"num_envs": 1, "num_steps": 2048, "num_minibatches": 32, "update_epochs": 10, "clip_vloss": True,
+           "vf_coef": 0.5, "norm_adv": True, "recompute_adv": False, "init_log_std": 0.0}
 
 
 def run_ppo(steps: int, compile: bool = False, **options: object) -> dict[str, float]:
     import torch
 
-    from ppo_cli.config import Config
     from ppo_cli.trainer import train
 
     torch.set_num_threads(1)
     rows: list[dict] = []
-    config = Config(env_id=ENV_ID, total_steps=steps, checkpoint_interval=10_000, compile=compile, **options)
+    config = Config(env_id=ENV_ID, total_steps=steps, checkpoint_interval=10_000, compile=compile,
+                    **{**CLASSIC, **options})
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         train(config, Path(folder), on_iteration=rows.append)
@@ -89,7 +100,10 @@ def run_env(steps: int) -> dict[str, float]:
 
 
 ENVPOOL16 = {"backend": "envpool", "num_envs": 16, "num_steps": 512}
-RUNNERS = {"ppo": run_ppo, "ppo_compile": lambda steps: run_ppo(steps, compile=True), "sb3": run_sb3,
+DEFAULTS = {name: getattr(Config(env_id=ENV_ID), name) for name in CLASSIC}  # ppo's shipped defaults
+RUNNERS = {"ppo_defaults": lambda steps: run_ppo(steps, **DEFAULTS),
+           "ppo_defaults_envpool": lambda steps: run_ppo(steps, backend="envpool", **DEFAULTS),
+           "ppo": run_ppo, "ppo_compile": lambda steps: run_ppo(steps, compile=True), "sb3": run_sb3,
            "env": run_env, "ppo_envpool16": lambda steps: run_ppo(steps, **ENVPOOL16),
            "ppo_envpool16_compile": lambda steps: run_ppo(steps, compile=True, **ENVPOOL16)}
 
@@ -124,7 +138,8 @@ def main() -> None:
             result = child(kind, args.steps)[0]
             results[kind].append(result)
             print(f"run {repeat + 1} {kind:>11}: {result['sps']:7.0f} steps/s ({result['wall_s']:.1f} s)", flush=True)
-    many = {kind: child(kind, args.steps)[0]["sps"] for kind in ("ppo_envpool16", "ppo_envpool16_compile")}
+    many = {kind: child(kind, args.steps)[0]["sps"]
+            for kind in ("ppo_envpool16", "ppo_envpool16_compile", "ppo_defaults", "ppo_defaults_envpool")}
     for kind, value in many.items():
         print(f"{kind:>21}: {value:7.0f} steps/s", flush=True)
     two = child("ppo", args.steps, parallel=2)
@@ -143,12 +158,15 @@ def main() -> None:
     print(f"  {'ppo, 2 seeds at once':<24} {two_sps:7.0f} steps/s total ({two_sps / sps['ppo']:.2f}x one seed)")
     print(f"  {'ppo, envpool, 16 envs':<24} {many['ppo_envpool16']:7.0f} steps/s  (--num-steps 512; "
           f"{many['ppo_envpool16_compile']:.0f} with --compile)")
+    print(f"  {'ppo defaults (64 envs)':<24} {many['ppo_defaults']:7.0f} steps/s  "
+          f"({many['ppo_defaults_envpool']:.0f} with --backend envpool)")
     print(f"  ratio ppo / SB3          {sps['ppo'] / sps['sb3']:7.2f}")
     print(f"  ratio ppo --compile / SB3 {sps['ppo_compile'] / sps['sb3']:6.2f}")
     print(f"ratio_vs_sb3={sps['ppo'] / sps['sb3']:.2f} ratio_compile_vs_sb3={sps['ppo_compile'] / sps['sb3']:.2f} "
           f"ppo_sps={sps['ppo']:.0f} ppo_compile_sps={sps['ppo_compile']:.0f} sb3_sps={sps['sb3']:.0f} "
           f"two_seed_sps={two_sps:.0f} envpool16_sps={many['ppo_envpool16']:.0f} "
-          f"envpool16_compile_sps={many['ppo_envpool16_compile']:.0f} env_sps={env['sps']:.0f}")
+          f"envpool16_compile_sps={many['ppo_envpool16_compile']:.0f} defaults_sps={many['ppo_defaults']:.0f} "
+          f"defaults_envpool_sps={many['ppo_defaults_envpool']:.0f} env_sps={env['sps']:.0f}")
 
 
 if __name__ == "__main__":
