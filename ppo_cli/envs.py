@@ -40,6 +40,8 @@ import numpy as np
 from gymnasium.envs.registration import find_highest_version, registry
 from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
+from ppo_cli.lean_step import lean_step
+
 # alias -> Gymnasium environment name (without version)
 ALIASES: dict[str, str] = {
     "hopper": "Hopper",
@@ -187,6 +189,7 @@ class EnvBatch:
         self.spaces = check_spaces(made[0], env_id)
         peeled = [_peel(env) for env in made]
         self.envs = [env for env, _ in peeled]
+        self.steps = [lean_step(env) for env in self.envs]  # None: the env's own step
         self.max_episode_steps = peeled[0][1]
         self.seeds = list(seeds)
         self.num_envs = num_envs
@@ -227,7 +230,11 @@ class EnvBatch:
         for i, env in enumerate(self.envs):
             action = actions[i]
             self.episode_actions[i].append(action)
-            obs, reward, terminated, truncated, _ = env.step(action)
+            lean = self.steps[i]
+            if lean is None:
+                obs, reward, terminated, truncated, _ = env.step(action)
+            else:
+                (obs, reward, terminated), truncated = lean(action), False
             self.episode_return[i] += reward
             length = self.episode_length[i] + 1
             self.episode_length[i] = length

@@ -314,3 +314,32 @@ def test_init_log_std_sets_the_initial_action_std(tmp_path):
     assert torch.allclose(agent.log_std.detach(), torch.tensor([-1.0]))
     first_std = pd.read_csv(tmp_path / "progress.csv")["action_std"].iloc[0]
     assert first_std == pytest.approx(np.exp(-1.0), rel=0.05)  # one small update from exp(-1)
+
+
+def test_flat_adam_follows_plain_adam_and_resumes_from_its_state():
+    from ppo_cli.trainer import FlatAdam
+
+    config = Config(env_id=POINT, total_steps=256, num_envs=1, num_steps=256, num_minibatches=4, update_epochs=3,
+                    max_grad_norm=0.1)  # small: the clip acts on every step
+    batch = _random_batch(256)
+    plain, flat = ActorCritic(3, 2, (8, 8), seed=0), ActorCritic(3, 2, (8, 8), seed=0)
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3, eps=1e-5)
+    flat_opt = FlatAdam(flat, lr=1e-3, eps=1e-5)
+    for _ in range(3):
+        ppo_update(plain, plain_opt, batch, config, np.random.default_rng(0))
+        ppo_update(flat, flat_opt, batch, config, np.random.default_rng(0))
+    for p, q in zip(plain.parameters(), flat.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+        assert q.data_ptr() >= flat_opt.flat.data_ptr()  # still views into the flat tensor
+    moved = [p.detach().clone() for p in flat.parameters()]
+    assert any(not torch.equal(m, p) for m, p in zip(moved, ActorCritic(3, 2, (8, 8), seed=0).parameters()))
+
+    # a FlatAdam restored from a plain Adam's state dict continues like the plain one
+    resumed_agent = ActorCritic(3, 2, (8, 8), seed=0)
+    resumed_agent.load_state_dict(plain.state_dict())
+    resumed = FlatAdam(resumed_agent, lr=1e-3, eps=1e-5)
+    resumed.load_state_dict(plain_opt.state_dict())
+    ppo_update(plain, plain_opt, batch, config, np.random.default_rng(1))
+    ppo_update(resumed_agent, resumed, batch, config, np.random.default_rng(1))
+    for p, q in zip(plain.parameters(), resumed_agent.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,91 @@
+"""Lean ``step`` functions for Gymnasium's planar MuJoCo locomotion tasks (Hopper, Walker2d, HalfCheetah).
+
+Gymnasium's Python around the physics costs about as much as the physics itself on Hopper
+(``is_healthy`` evaluated twice, ``state_vector``, properties, the info dict). These functions
+compute exactly what the v4 and v5 ``step`` methods compute, the same floating-point operations
+in the same order, on the environment's own ``MjModel``/``MjData``, so observations, rewards and
+terminations are bit-identical (tested step for step, through terminations, against
+``env.step``). Resets, seeding, rendering and everything else stay Gymnasium's.
+
+:func:`lean_step` returns ``None`` for anything it does not know exactly: other classes (also
+subclasses, which may override ``step``) and environments with a ``render_mode``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import mujoco
+import numpy as np
+
+Step = Callable[[np.ndarray], tuple[np.ndarray, float, bool]]  # action -> (obs, reward, terminated)
+
+# module of the env class -> (family, gymnasium version of the task)
+_KNOWN = {
+    "gymnasium.envs.mujoco.hopper_v4": ("hopper", 4), "gymnasium.envs.mujoco.hopper_v5": ("hopper", 5),
+    "gymnasium.envs.mujoco.walker2d_v4": ("walker2d", 4), "gymnasium.envs.mujoco.walker2d_v5": ("walker2d", 5),
+    "gymnasium.envs.mujoco.half_cheetah_v4": ("half_cheetah", 4),
+    "gymnasium.envs.mujoco.half_cheetah_v5": ("half_cheetah", 5),
+}
+_CLASS_NAMES = {"hopper": "HopperEnv", "walker2d": "Walker2dEnv", "half_cheetah": "HalfCheetahEnv"}
+
+
+def lean_step(env: Any) -> Step | None:
+    """A step function equivalent to ``env.step`` (without truncation and info), or ``None``."""
+    cls = type(env)
+    known = _KNOWN.get(cls.__module__)
+    if known is None or cls.__name__ != _CLASS_NAMES[known[0]] or getattr(env, "render_mode", None) is not None:
+        return None
+    family, version = known
+    model, data = env.model, env.data
+    frame_skip, dt = env.frame_skip, env.dt
+    forward_weight, ctrl_weight = env._forward_reward_weight, env._ctrl_cost_weight
+    skip = 1 if env._exclude_current_positions_from_observation else 0
+    qpos, qvel = data.qpos, data.qvel
+    mj_step, mj_rne_post = mujoco.mj_step, mujoco.mj_rnePostConstraint
+
+    def simulate(action: np.ndarray) -> float:
+        x_before = qpos[0]
+        data.ctrl[:] = action
+        mj_step(model, data, nstep=frame_skip)
+        mj_rne_post(model, data)
+        return (qpos[0] - x_before) / dt
+
+    if family == "half_cheetah":
+        def step_cheetah(action: np.ndarray) -> tuple[np.ndarray, float, bool]:
+            x_velocity = simulate(action)
+            ctrl_cost = ctrl_weight * np.sum(np.square(action))
+            forward_reward = forward_weight * x_velocity
+            obs = np.concatenate((qpos[skip:], qvel))
+            return obs, forward_reward - ctrl_cost, False
+        return step_cheetah
+
+    healthy_weight = env._healthy_reward
+    terminate = env._terminate_when_unhealthy
+    min_z, max_z = env._healthy_z_range
+    min_angle, max_angle = env._healthy_angle_range
+    if family == "hopper":
+        min_state, max_state = env._healthy_state_range
+
+        def is_healthy() -> bool:
+            z, angle = qpos[1:3]
+            state = np.concatenate([qpos, qvel])[2:]
+            healthy_state = np.all(np.logical_and(min_state < state, state < max_state))
+            return all((healthy_state, min_z < z < max_z, min_angle < angle < max_angle))
+    else:
+        def is_healthy() -> bool:
+            z, angle = qpos[1:3]
+            return (min_z < z < max_z) and (min_angle < angle < max_angle)
+
+    def step_walker(action: np.ndarray) -> tuple[np.ndarray, float, bool]:
+        x_velocity = simulate(action)
+        healthy = is_healthy()
+        if version == 4:
+            healthy_reward = float(healthy or terminate) * healthy_weight
+        else:
+            healthy_reward = healthy * healthy_weight
+        forward_reward = forward_weight * x_velocity
+        ctrl_cost = ctrl_weight * np.sum(np.square(action))
+        obs = np.concatenate((qpos[skip:], np.clip(qvel, -10, 10)))
+        return obs, (forward_reward + healthy_reward) - ctrl_cost, (not healthy) and terminate
+    return step_walker
