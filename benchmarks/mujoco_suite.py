@@ -75,11 +75,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
     return out
 
 
-def seed_jobs(runs: Path, name: str, tasks: list[str], seeds: int, steps: int,
+def seed_jobs(runs: Path, name: str, tasks: list[str], seeds: range, steps: int,
               overrides: dict[str, object]) -> list[SeedJob]:
     """Jobs still to run, interleaved across tasks; finished seeds are skipped, started ones resumed."""
     jobs = []
-    for seed in range(seeds):
+    for seed in seeds:
         for env_id in tasks:
             config = Config(env_id=env_id, seed=seed, total_steps=steps, **overrides)
             seed_dir = runs / env_id / name / f"seed_{seed}"
@@ -165,7 +165,8 @@ def summarise(run_folders: list[Path], results: Path, config: Config) -> pd.Data
     summary = plotted.summary.join(timing, on="env")
     summary["target"] = summary["env"].map(PUBLISHED)
     summary.to_csv(results / "summary.csv", index=False, float_format="%.6g")
-    (results / "config.json").write_text(config.to_json(), encoding="utf-8")
+    shared = {k: v for k, v in config.to_dict().items() if k not in ("env_id", "seed")}  # every task and seed
+    (results / "config.json").write_text(json.dumps(shared, indent=2) + "\n", encoding="utf-8")
     return summary
 
 
@@ -173,6 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated env ids or aliases")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="train seeds FIRST, FIRST + 1, ...")
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--jobs", type=int, default=2, help="seed runs trained at once (processes)")
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per checkpoint")
@@ -195,7 +197,8 @@ def main() -> None:
     folders = [args.runs / env_id / args.name for env_id in tasks]
     start = time.perf_counter()
     if not args.skip_train:
-        jobs = seed_jobs(args.runs, args.name, tasks, args.seeds, args.steps, overrides)
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        jobs = seed_jobs(args.runs, args.name, tasks, seeds, args.steps, overrides)
         if not train_all(jobs, args.jobs):
             raise SystemExit("some seeds did not finish; run the same command again to resume them")
     evaluate_all(folders, args.episodes)
