@@ -21,3 +21,8 @@ run one_env HalfCheetah-v4 --set num_envs=1 --set num_steps=2048 & run norm_adv 
 run no_recompute HalfCheetah-v4 --set recompute_adv=false & run clip_vloss HalfCheetah-v4 --set clip_vloss=true & wait
 # Walker2d: the two seeds that stalled with the default config (2 and 3), with initial std 1
 run walker_log_std_0 Walker2d-v4 --set init_log_std=0 --first-seed 2 --seeds 2 --jobs 2
+# one figure for all HalfCheetah runs (the default's 5 seeds beside the single-seed changes)
+rm -f benchmarks/results/mujoco/ablations/*/learning_curves.png
+R=results/benchmark/HalfCheetah-v4
+.venv/bin/ppo plot $R/default $R/classic $R/log_std_0 $R/one_env $R/clip_vloss $R/norm_adv $R/no_recompute \
+    --metrics episodic_return,action_std,approx_kl,clipfrac --out benchmarks/results/mujoco/ablations/halfcheetah.png
