@@ -1,0 +1,44 @@
+"""The learning-quality benchmark script end to end, on a tiny budget."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_mujoco_suite_trains_evaluates_summarises_and_resumes(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "mujoco_suite.py"), "--tasks", "InvertedPendulum-v5",
+               "--seeds", "2", "--steps", "2048", "--jobs", "2", "--episodes", "2", "--runs", str(tmp_path / "runs"),
+               "--results", str(tmp_path / "res"), "--set", "num_envs=4", "--set", "num_steps=256",
+               "--set", "hidden_sizes=16,16"]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    summary = pd.read_csv(tmp_path / "res" / "summary.csv")
+    assert summary.loc[0, "env"] == "InvertedPendulum-v5" and summary.loc[0, "seeds"] == 2
+    for column in ("eval_iqm", "eval_iqm_ci_low", "eval_iqm_ci_high", "eval_mean", "eval_std", "final_mean",
+                   "wall_time_s", "sps"):
+        assert pd.notna(summary.loc[0, column]), column
+    seeds = pd.read_csv(tmp_path / "res" / "seeds.csv")
+    assert sorted(seeds["seed"]) == [0, 1] and (seeds["steps"] == 2048).all()
+    assert summary.loc[0, "eval_mean"] == pytest.approx(seeds["eval_mean"].mean())
+    assert (tmp_path / "res" / "learning_curves.png").stat().st_size > 10_000
+    assert '"num_envs": 4' in (tmp_path / "res" / "config.json").read_text()
+
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "every seed has finished" in again.stdout and "is evaluated" in again.stdout
+
+    changed = subprocess.run(command[:-1] + ["hidden_sizes=32,32"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert changed.returncode != 0 and "another config" in changed.stderr
+
+
+def test_mujoco_suite_rejects_an_unknown_override():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mujoco_suite.py"), "--set", "lr_typo=1",
+                             "--skip-train"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "lr_typo" in result.stderr and "init_log_std" in result.stderr
