@@ -21,6 +21,10 @@ run one_env HalfCheetah-v4 --set num_envs=1 --set num_steps=2048 & run norm_adv 
 run no_recompute HalfCheetah-v4 --set recompute_adv=false & run clip_vloss HalfCheetah-v4 --set clip_vloss=true & wait
 # Walker2d, 5 seeds, initial std 1 (with the default std seeds 2 and 3 stalled)
 run walker_log_std_0 Walker2d-v4 --set init_log_std=0 --seeds 5 --jobs 2
+# halfway, initial std 0.78: HalfCheetah seed 0 and Walker2d seed 2 (stalled with the default)
+run log_std_m025 HalfCheetah-v4 --set init_log_std=-0.25 &
+run walker_log_std_m025 Walker2d-v4 --set init_log_std=-0.25 --first-seed 2 --seeds 1 & wait
+rm -f benchmarks/results/mujoco/ablations/log_std_m025/learning_curves.png
 # one figure for all HalfCheetah runs (the default's 5 seeds beside the single-seed changes)
 for name in classic log_std_0 one_env norm_adv no_recompute clip_vloss; do
     rm -f "benchmarks/results/mujoco/ablations/$name/learning_curves.png"
