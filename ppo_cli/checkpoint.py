@@ -14,10 +14,8 @@ and renamed over it, so a crash leaves either the old or the new checkpoint, nev
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppo_cli.files import file_mode
+from ppo_cli.files import atomic_write
 
 FORMAT = "ppo_cli.checkpoint"
 FORMAT_VERSION = 1
@@ -88,19 +86,8 @@ def required_bytes(config: Any, obs_dim: int, act_dim: int) -> int:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` (plus format markers) to ``path`` atomically."""
-    path = Path(path)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, file_mode())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
