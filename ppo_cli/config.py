@@ -37,7 +37,8 @@ class Config:
     Walker2d (README "Learning quality"): 64 environments x 32 steps (2048 per rollout), 10 epochs of
     32 minibatches, advantages recomputed each epoch and not normalised, no value clipping, initial
     action std exp(-0.5), close to Tianshou's MuJoCo PPO. ``benchmarks/throughput.py`` pins the
-    classic single-environment settings (Schulman et al. 2017; SB3, CleanRL) instead. Derived sizes (``batch_size``, ``minibatch_size``, ``num_iterations``) are properties.
+    classic single-environment settings (Schulman et al. 2017; SB3, CleanRL) instead. Derived
+    sizes (``batch_size``, ``minibatch_size``, ``num_iterations``) are properties.
     """
 
     env_id: str = _opt("", "Gymnasium id or 'package.module:attr' of the environment.")

@@ -34,13 +34,27 @@ class RolloutStorage:
         self.bootstrap_values = np.zeros(shape, dtype=np.float32)
         self.final_obs = np.zeros(shape + (obs_dim,), dtype=np.float32)  # normalised, where truncated
 
-    def next_values(self, last_value: np.ndarray) -> np.ndarray:
+    def next_values(self, last_value: np.ndarray, values: np.ndarray | None = None,
+                    bootstrap_values: np.ndarray | None = None) -> np.ndarray:
         """``V(s_{t+1})`` for every step: the next stored value, ``last_value`` after the last step,
-        ``V(final observation)`` where the step was truncated. Shape ``(num_steps, num_envs)``."""
-        nxt = np.empty_like(self.values)
-        nxt[:-1] = self.values[1:]
+        ``V(final observation)`` where the step was truncated. Shape ``(num_steps, num_envs)``.
+
+        ``values`` and ``bootstrap_values`` default to the stored ones (the rollout's critic);
+        others (a later critic's) can be given.
+        """
+        values = self.values if values is None else values
+        bootstrap_values = self.bootstrap_values if bootstrap_values is None else bootstrap_values
+        nxt = np.empty_like(values)
+        nxt[:-1] = values[1:]
         nxt[-1] = last_value
-        return np.where(self.truncated, self.bootstrap_values, nxt)
+        return np.where(self.truncated, bootstrap_values, nxt)
+
+    def gae(self, last_value: np.ndarray, gamma: float, gae_lambda: float, values: np.ndarray | None = None,
+            bootstrap_values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`gae` over the stored rollout, with the stored values or the given ones (see :meth:`next_values`)."""
+        values = self.values if values is None else values
+        return gae(self.rewards, values, self.next_values(last_value, values, bootstrap_values), self.terminated,
+                   self.terminated | self.truncated, gamma, gae_lambda)
 
 
 def gae(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray, terminated: np.ndarray,

@@ -9,8 +9,9 @@ Decisions, stated once (the README repeats them):
 * GAE: see :mod:`ppo_cli.rollout` (terminations bootstrap with 0, truncations with V(final obs)).
 * Update: ``update_epochs`` passes over the batch in ``num_minibatches`` shuffled minibatches;
   advantages recomputed with the current critic before each epoch after the first
-  (``--recompute-adv``); advantages normalised per minibatch (``--norm-adv``); clipped (optionally dual-clip) surrogate; value loss clipped
-  around the old value (``--clip-vloss``); entropy bonus; global grad-norm clip; Adam (eps 1e-5),
+  (``--recompute-adv``); advantages normalised per minibatch (``--norm-adv``); clipped
+  (optionally dual-clip) surrogate; value loss clipped around the old value (``--clip-vloss``);
+  entropy bonus; global grad-norm clip; Adam (eps 1e-5),
   learning rate annealed linearly from ``lr`` to 0 over the run (``--anneal-lr``).
 * KL early stop: before each minibatch's gradient step the KL estimate ``mean((r-1) - log r)`` of
   the current policy against the rollout policy is computed on that minibatch; if it exceeds
@@ -45,7 +46,7 @@ from ppo_cli.checkpoint import load_checkpoint, package_versions, save_checkpoin
 from ppo_cli.config import Config
 from ppo_cli.diagnostics import EPISODE_COLUMNS, PROGRESS_COLUMNS, CsvLog
 from ppo_cli.envs import make_env_batch
-from ppo_cli.rollout import RolloutStorage, gae
+from ppo_cli.rollout import RolloutStorage
 from ppo_cli.wrappers import ObservationNormalizer, RewardNormalizer
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,10 @@ def make_loss_fn(agent: ActorCritic, config: Config) -> LossFn:
     return loss_fn
 
 
+def _flat_f32(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array.reshape(-1).astype(np.float32))
+
+
 @torch.no_grad()
 def recompute_advantages(agent: ActorCritic, storage: RolloutStorage, last_obs: np.ndarray,
                          config: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,19 +256,15 @@ def recompute_advantages(agent: ActorCritic, storage: RolloutStorage, last_obs: 
     the rollout are evaluated in one batch; the rollout's rewards and episode ends are reused.
     """
     num_steps, num_envs = storage.values.shape
-    truncated = storage.truncated
-    obs = np.concatenate([storage.obs.reshape(num_steps * num_envs, -1), last_obs, storage.final_obs[truncated]])
-    values = agent.value(torch.from_numpy(obs)).numpy()
     n = num_steps * num_envs
+    truncated = storage.truncated
+    obs = np.concatenate([storage.obs.reshape(n, -1), last_obs, storage.final_obs[truncated]])
+    values = agent.value(torch.from_numpy(obs)).numpy()
     current = values[:n].reshape(num_steps, num_envs)
-    nxt = np.empty_like(current)
-    nxt[:-1] = current[1:]
-    nxt[-1] = values[n:n + num_envs]
-    nxt[truncated] = values[n + num_envs:]
-    advantages, returns = gae(storage.rewards, current, nxt, storage.terminated, storage.terminated | truncated,
-                              config.gamma, config.gae_lambda)
-    return (torch.from_numpy(advantages.reshape(n).astype(np.float32)),
-            torch.from_numpy(returns.reshape(n).astype(np.float32)))
+    bootstrap = np.zeros_like(current)
+    bootstrap[truncated] = values[n + num_envs:]
+    advantages, returns = storage.gae(values[n:n + num_envs], config.gamma, config.gae_lambda, current, bootstrap)
+    return _flat_f32(advantages), _flat_f32(returns)
 
 
 def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
@@ -458,17 +459,15 @@ def _train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]
                 last_value = policy.value(obs)
 
                 # ---- advantages
-                dones = storage.terminated | storage.truncated
-                advantages, returns = gae(storage.rewards, storage.values, storage.next_values(last_value),
-                                          storage.terminated, dones, config.gamma, config.gae_lambda)
+                advantages, returns = storage.gae(last_value, config.gamma, config.gae_lambda)
                 flat = config.batch_size
                 batch = {
                     "obs": torch.from_numpy(storage.obs.reshape(flat, -1)),
                     "actions": torch.from_numpy(storage.actions.reshape((flat,) + action_shape)),
                     "logprobs": torch.from_numpy(storage.logprobs.reshape(flat)),
                     "values": torch.from_numpy(storage.values.reshape(flat)),
-                    "advantages": torch.from_numpy(advantages.reshape(flat).astype(np.float32)),
-                    "returns": torch.from_numpy(returns.reshape(flat).astype(np.float32)),
+                    "advantages": _flat_f32(advantages),
+                    "returns": _flat_f32(returns),
                 }
 
                 # ---- update
