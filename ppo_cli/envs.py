@@ -189,7 +189,7 @@ class EnvBatch:
         self.spaces = check_spaces(made[0], env_id)
         peeled = [_peel(env) for env in made]
         self.envs = [env for env, _ in peeled]
-        self.steps = [lean_step(env) for env in self.envs]  # None: the env's own step
+        self.lean_steps = [lean_step(env) for env in self.envs]  # None: the env's own step
         self.max_episode_steps = peeled[0][1]
         self.seeds = list(seeds)
         self.num_envs = num_envs
@@ -230,7 +230,7 @@ class EnvBatch:
         for i, env in enumerate(self.envs):
             action = actions[i]
             self.episode_actions[i].append(action)
-            lean = self.steps[i]
+            lean = self.lean_steps[i]
             if lean is None:
                 obs, reward, terminated, truncated, _ = env.step(action)
             else:

@@ -48,7 +48,7 @@ def test_lean_step_declines_what_it_does_not_know():
 
 def test_env_batch_uses_the_lean_step_for_hopper_and_matches_gymnasium_make():
     batch = EnvBatch("Hopper-v4", 2, [3, 4])
-    assert all(step is not None for step in batch.steps)
+    assert all(step is not None for step in batch.lean_steps)
     reference = [gym.make("Hopper-v4") for _ in range(2)]
     obs = batch.reset()
     ref_obs = [env.reset(seed=s)[0] for env, s in zip(reference, [3, 4])]
