@@ -6,8 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-CLASSIC="--set num_envs=1 --set num_steps=2048 --set clip_vloss=true --set vf_coef=0.5 --set norm_adv=true
-         --set recompute_adv=false --set init_log_std=0"
 
 run() {  # name tasks overrides...
     local name=$1 tasks=$2; shift 2
@@ -16,7 +14,7 @@ run() {  # name tasks overrides...
 }
 mkdir -p results
 # HalfCheetah, seed 0
-run classic HalfCheetah-v4 $CLASSIC & run log_std_0 HalfCheetah-v4 --set init_log_std=0 & wait
+run classic HalfCheetah-v4 --preset classic & run log_std_0 HalfCheetah-v4 --set init_log_std=0 & wait
 run one_env HalfCheetah-v4 --set num_envs=1 --set num_steps=2048 & run norm_adv HalfCheetah-v4 --set norm_adv=true & wait
 run no_recompute HalfCheetah-v4 --set recompute_adv=false & run clip_vloss HalfCheetah-v4 --set clip_vloss=true & wait
 # Walker2d, 5 seeds, initial std 1 (with the default std seeds 2 and 3 stalled)

@@ -19,6 +19,5 @@ rm -rf "$out"
 common=(train Hopper-v4 --total-steps "$steps" --seeds "$seeds" --jobs 2 --out "$out" --quiet)
 (cd "$tree" && PYTHONPATH="$tree" "$python" -m ppo_cli "${common[@]}" --run-name before)
 # the base commit's defaults were the classic settings; today's defaults differ, so name them
-classic=(--num-envs 1 --num-steps 2048 --clip-vloss --vf-coef 0.5 --norm-adv --no-recompute-adv --init-log-std 0)
-(cd "$root" && PYTHONPATH="$root" "$python" -m ppo_cli "${common[@]}" "${classic[@]}" --run-name after)
+(cd "$root" && PYTHONPATH="$root" "$python" -m ppo_cli "${common[@]}" --preset classic --run-name after)
 "$python" -m ppo_cli plot "$out" --metrics episodic_return,approx_kl,value_loss

@@ -8,11 +8,12 @@ Three phases, each skipping work already done, so the same command resumes an in
 benchmark (Ctrl-C, a killed shell, a reboot). (Not named ``mujoco.py``: run as a script, that
 name would shadow the ``mujoco`` package.)
 
-1. **train** every (task, seed) with ``ppo``'s *default* config (``--set name=value`` overrides a
-   field, for experiments; the record says which), in ``--jobs`` worker processes taking jobs
-   from one queue across tasks, into ``RUNS/<env id>/<name>/seed_<k>/``, the layout of
-   ``ppo train``. A seed with a checkpoint continues from it (``ppo train --resume``'s code
-   path); a finished one is left alone.
+1. **train** every (task, seed) with ``ppo``'s *default* config (``--preset NAME`` starts from a
+   preset instead, ``--set name=value`` overrides a field, for experiments; ``config.json``
+   records the result), in ``--jobs`` worker processes taking jobs from one queue across tasks,
+   into ``RUNS/<env id>/<name>/seed_<k>/``, the layout of ``ppo train``. A seed with a
+   checkpoint continues from it (``ppo train --resume``'s code path); a finished one is left
+   alone.
 2. **evaluate** every final checkpoint with ``ppo eval RUN --episodes 10`` (deterministic: the
    Gaussian mean, the saved observation statistics frozen, raw rewards), which writes
    ``eval.json`` beside each checkpoint.
@@ -38,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ppo_cli.checkpoint import load_checkpoint
-from ppo_cli.config import Config, ConfigError
+from ppo_cli.config import PRESETS, Config, ConfigError, preset
 from ppo_cli.envs import resolve_env_id
 from ppo_cli.launch import SeedJob, run_one
 
@@ -182,13 +183,15 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("results/benchmark"), help="training output (not committed)")
     parser.add_argument("--results", type=Path, default=None,
                         help="summary folder [default: benchmarks/results/mujoco/NAME]")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="start from a named preset (ppo train --preset) instead of the defaults")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                         help="override a config field (experiments; the default config otherwise)")
     parser.add_argument("--skip-train", action="store_true", help="only evaluate and summarise")
     args = parser.parse_args()
 
     tasks = [resolve_env_id(t.strip()) for t in args.tasks.split(",") if t.strip()]
-    overrides = parse_overrides(args.overrides)
+    overrides = {**(preset(args.preset) if args.preset else {}), **parse_overrides(args.overrides)}
     try:
         config = Config(env_id=tasks[0], total_steps=args.steps, **overrides)
     except ConfigError as exc:

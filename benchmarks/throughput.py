@@ -10,7 +10,7 @@ orthogonal init, observation and reward normalisation (SB3: ``VecNormalize``). E
 process and the two libraries alternate, so drift of the machine hits both. torch runs with one
 thread in both (the faster setting for 64-sample minibatches on a CPU).
 
-These classic settings are pinned (``CLASSIC``): ``ppo``'s own defaults differ (64 environments x 32
+These classic settings are pinned (``CLASSIC``, ``ppo train --preset classic``): ``ppo``'s own defaults differ (64 environments x 32
 steps; see README "Learning quality"), and are measured once too (``ppo defaults``, also with
 ``--backend envpool``).
 
@@ -35,14 +35,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from ppo_cli.config import Config
+from ppo_cli.config import Config, preset
 
 ENV_ID = "Hopper-v4"
 
 
-# SB3's settings, pinned: ppo's own defaults (64 envs x 32 steps, recomputed advantages, ...) differ
-CLASSIC = {"num_envs": 1, "num_steps": 2048, "num_minibatches": 32, "update_epochs": 10, "clip_vloss": True,
-           "vf_coef": 0.5, "norm_adv": True, "recompute_adv": False, "init_log_std": 0.0}
+# SB3's settings, pinned (`--preset classic`): ppo's own defaults (64 envs x 32 steps, recomputed
+# advantages, ...) differ
+CLASSIC = {**preset("classic"), "num_minibatches": 32, "update_epochs": 10}
 
 
 def run_ppo(steps: int, compile: bool = False, **options: object) -> dict[str, float]:

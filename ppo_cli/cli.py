@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ppo_cli._version import __version__
-from ppo_cli.config import Config, ConfigError, config_fields
+from ppo_cli.config import PRESETS, Config, ConfigError, config_fields, preset
 
 DEFAULT_RUN_NAME = "default"
 
@@ -117,10 +117,15 @@ def envs() -> None:
 @click.option("--resume", "resume_from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue a seed folder, or every seed of a run folder, from its last checkpoint "
                    "(with its saved settings; --total-steps may extend it).")
+@click.option("--preset", "preset_name", type=click.Choice(sorted(PRESETS)), default=None,
+              help="Start from a named set of settings instead of the defaults; options given beside it "
+                   "still apply. classic: 1 env x 2048 steps, GAE lambda 0.95, value clipping, vf 0.5, "
+                   "per-minibatch advantage normalisation, no recompute, initial std 1 (SB3/CleanRL).")
 @click.option("--quiet", is_flag=True, help="Plain progress lines instead of the live display.")
 @click.pass_context
 def train(ctx: click.Context, env: str | None, num_seeds: int, jobs: int | None, out_dir: Path,
-          run_name: str | None, resume_from: Path | None, quiet: bool, **hyperparameters: Any) -> None:
+          run_name: str | None, resume_from: Path | None, preset_name: str | None, quiet: bool,
+          **hyperparameters: Any) -> None:
     """Train PPO on ENV for one or more seeds.
 
     ENV is an alias (`ppo envs` lists them: hopper, halfcheetah, walker2d, ...), a registered
@@ -130,6 +135,7 @@ def train(ctx: click.Context, env: str | None, num_seeds: int, jobs: int | None,
     Example:
       ppo train hopper --seeds 3
       ppo train halfcheetah --total-steps 200000 --target-kl 0.02 --run-name kl0.02
+      ppo train hopper --preset classic --num-envs 4
       ppo train --resume results/Hopper-v5/default --total-steps 2000000
     """
     from ppo_cli.launch import run_seeds
@@ -141,6 +147,8 @@ def train(ctx: click.Context, env: str | None, num_seeds: int, jobs: int | None,
     else:
         if env is None:
             raise click.UsageError("Missing argument 'ENV' (or continue a run with --resume FOLDER).")
+        if preset_name is not None:
+            hyperparameters = _with_preset(ctx, preset_name, hyperparameters)
         jobs_list, run_dir = _new_jobs(env, num_seeds, out_dir, run_name, hyperparameters)
     configs = [job.config for job in jobs_list]
     parallel = jobs or min(len(jobs_list), os.cpu_count() or 1)
@@ -158,6 +166,14 @@ def train(ctx: click.Context, env: str | None, num_seeds: int, jobs: int | None,
         raise SystemExit(1)
     if any(r.status == "interrupted" for r in results):
         raise SystemExit(130)
+
+
+def _with_preset(ctx: click.Context, name: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """``hyperparameters`` with preset ``name``'s values in place of defaults (given options win)."""
+    from click.core import ParameterSource
+
+    given = {k for k in hyperparameters if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    return {**hyperparameters, **{k: v for k, v in preset(name).items() if k not in given}}
 
 
 def _new_jobs(env: str, num_seeds: int, out_dir: Path, run_name: str | None,
@@ -206,7 +222,7 @@ def _resume_jobs(ctx: click.Context, folder: Path, total_steps: int) -> list[Any
     given = [name for name in ctx.params
              if name not in _RESUME_COMPANIONS and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
     if given:
-        names = ", ".join("ENV" if n == "env" else _flag({"num_seeds": "seeds", "out_dir": "out"}.get(n, n))
+        names = ", ".join("ENV" if n == "env" else _flag({"num_seeds": "seeds", "out_dir": "out", "preset_name": "preset"}.get(n, n))
                           for n in given)
         raise click.UsageError(f"--resume continues a run with its saved settings; drop {names} "
                                f"(only --total-steps, --jobs and --quiet go with --resume)")

@@ -174,6 +174,23 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+# Named sets of field values that stand in for the defaults (``ppo train --preset NAME``); options
+# given on the command line still win over them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # PPO as Schulman et al. 2017 ran it and SB3 and CleanRL ship it: the settings behind most
+    # published PPO curves, and the ones benchmarks/throughput.py times against SB3
+    "classic": {"num_envs": 1, "num_steps": 2048, "gae_lambda": 0.95, "clip_vloss": True, "vf_coef": 0.5,
+                "norm_adv": True, "recompute_adv": False, "init_log_std": 0.0},
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The field values of preset ``name`` (a copy)."""
+    if name not in PRESETS:
+        raise ConfigError("preset", f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+    return dict(PRESETS[name])
+
+
 def config_fields() -> tuple[dataclasses.Field, ...]:
     """The dataclass fields of :class:`Config`, in declaration order (used to build CLI options)."""
     return dataclasses.fields(Config)

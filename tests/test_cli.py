@@ -56,6 +56,7 @@ def test_envs_lists_aliases():
     (["pendulum", "--hidden-sizes", "64,abc"], "is not a list of layer widths"),
     (["pendulum", "--total-steps", "100"], "--total-steps 100 is less than one rollout batch"),
     (["pendulum", "--seeds", "0"], "Invalid value for '--seeds'"),
+    (["pendulum", "--preset", "fast"], "Invalid value for '--preset': 'fast' is not 'classic'"),
 ])
 def test_bad_input_is_one_clear_error_with_exit_code_2(tmp_path, args, message):
     result = invoke("train", *args, "--out", str(tmp_path))
@@ -63,6 +64,17 @@ def test_bad_input_is_one_clear_error_with_exit_code_2(tmp_path, args, message):
     assert message in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output
     assert not list(tmp_path.rglob("seed_*"))  # nothing started
+
+
+def test_a_preset_replaces_the_defaults_and_given_options_still_win(tmp_path):
+    result = invoke("train", "pendulum", "--preset", "classic", "--vf-coef", "0.3", "--out", str(tmp_path), *TINY)
+    assert result.exit_code == 0, result.output
+    saved = Config.from_json((tmp_path / "Pendulum-v1" / "default" / "seed_0" / "config.json").read_text())
+    assert (saved.clip_vloss, saved.norm_adv, saved.recompute_adv, saved.init_log_std, saved.gae_lambda) == \
+        (True, True, False, 0.0, 0.95)  # from the preset
+    assert (saved.vf_coef, saved.num_steps, saved.total_steps) == (0.3, 256, 512)  # given
+    resumed = invoke("train", "--resume", str(tmp_path / "Pendulum-v1" / "default"), "--preset", "classic")
+    assert resumed.exit_code == 2 and "drop --preset" in " ".join(resumed.output.split())
 
 
 def test_unwritable_out_is_refused(tmp_path):

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from ppo_cli.config import Config, ConfigError
+from ppo_cli.config import PRESETS, Config, ConfigError, preset
 
 
 def test_defaults_are_the_benchmarked_mujoco_config_and_sizes_are_derived():
@@ -51,3 +51,13 @@ def test_validation_names_the_field_and_value(changes, field, text):
 
 def test_gamma_and_lambda_of_one_are_valid():
     Config(env_id="Hopper-v5", gamma=1.0, gae_lambda=1.0)
+
+
+def test_presets_name_real_fields_with_valid_values():
+    for name in PRESETS:
+        c = Config(env_id="Hopper-v5", **preset(name))
+        assert all(getattr(c, k) == v for k, v in PRESETS[name].items())
+    classic = Config(env_id="Hopper-v5", **preset("classic"))
+    assert (classic.batch_size, classic.minibatch_size) == (2048, 64)  # SB3/CleanRL's sizes
+    with pytest.raises(ConfigError, match="unknown preset 'fast'; choose from classic"):
+        preset("fast")
