@@ -76,13 +76,20 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
     return out
 
 
-def seed_jobs(runs: Path, name: str, tasks: list[str], seeds: range, steps: int,
-              overrides: dict[str, object]) -> list[SeedJob]:
+def task_configs(tasks: list[str], steps: int, preset_name: str | None,
+                 overrides: dict[str, object]) -> dict[str, Config]:
+    """Each task's config (seed 0): the defaults, or ``preset_name``'s values for it, then ``overrides``."""
+    return {env_id: Config(env_id=env_id, total_steps=steps,
+                           **{**(preset(preset_name, env_id) if preset_name else {}), **overrides})
+            for env_id in tasks}
+
+
+def seed_jobs(runs: Path, name: str, configs: dict[str, Config], seeds: range) -> list[SeedJob]:
     """Jobs still to run, interleaved across tasks; finished seeds are skipped, started ones resumed."""
     jobs = []
     for seed in seeds:
-        for env_id in tasks:
-            config = Config(env_id=env_id, seed=seed, total_steps=steps, **overrides)
+        for env_id, task_config in configs.items():
+            config, steps = task_config.replace(seed=seed), task_config.total_steps
             seed_dir = runs / env_id / name / f"seed_{seed}"
             checkpoint = seed_dir / "checkpoint.pt"
             if checkpoint.is_file():
@@ -143,7 +150,7 @@ def evaluate_all(run_folders: list[Path], episodes: int) -> None:
                        check=True)
 
 
-def summarise(run_folders: list[Path], results: Path, config: Config) -> pd.DataFrame:
+def summarise(run_folders: list[Path], results: Path, configs: dict[str, Config]) -> pd.DataFrame:
     from ppo_cli.plots.report import plot_runs
 
     results.mkdir(parents=True, exist_ok=True)
@@ -166,9 +173,18 @@ def summarise(run_folders: list[Path], results: Path, config: Config) -> pd.Data
     summary = plotted.summary.join(timing, on="env")
     summary["target"] = summary["env"].map(PUBLISHED)
     summary.to_csv(results / "summary.csv", index=False, float_format="%.6g")
-    shared = {k: v for k, v in config.to_dict().items() if k not in ("env_id", "seed")}  # every task and seed
-    (results / "config.json").write_text(json.dumps(shared, indent=2) + "\n", encoding="utf-8")
+    (results / "config.json").write_text(json.dumps(config_record(configs), indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def config_record(configs: dict[str, Config]) -> dict[str, object]:
+    """The fields every task shares, and under ``per_task`` those in which tasks differ."""
+    fields = {env_id: {k: v for k, v in c.to_dict().items() if k not in ("env_id", "seed")}
+              for env_id, c in configs.items()}
+    first = next(iter(fields.values()))
+    shared = {k: v for k, v in first.items() if all(f[k] == v for f in fields.values())}
+    per_task = {env_id: {k: v for k, v in f.items() if k not in shared} for env_id, f in fields.items()}
+    return {**shared, "per_task": per_task} if any(per_task.values()) else shared
 
 
 def main() -> None:
@@ -191,9 +207,8 @@ def main() -> None:
     args = parser.parse_args()
 
     tasks = [resolve_env_id(t.strip()) for t in args.tasks.split(",") if t.strip()]
-    overrides = {**(preset(args.preset) if args.preset else {}), **parse_overrides(args.overrides)}
     try:
-        config = Config(env_id=tasks[0], total_steps=args.steps, **overrides)
+        configs = task_configs(tasks, args.steps, args.preset, parse_overrides(args.overrides))
     except ConfigError as exc:
         raise SystemExit(f"--set: {exc}") from None
     results = args.results or Path("benchmarks/results/mujoco") / args.name
@@ -201,11 +216,11 @@ def main() -> None:
     start = time.perf_counter()
     if not args.skip_train:
         seeds = range(args.first_seed, args.first_seed + args.seeds)
-        jobs = seed_jobs(args.runs, args.name, tasks, seeds, args.steps, overrides)
+        jobs = seed_jobs(args.runs, args.name, configs, seeds)
         if not train_all(jobs, args.jobs):
             raise SystemExit("some seeds did not finish; run the same command again to resume them")
     evaluate_all(folders, args.episodes)
-    summary = summarise(folders, results, config)
+    summary = summarise(folders, results, configs)
     columns = ["env", "seeds", "eval_iqm", "eval_iqm_ci_low", "eval_iqm_ci_high", "eval_mean", "eval_std",
                "final_mean", "final_std", "wall_time_s", "sps", "target"]
     with pd.option_context("display.width", 200, "display.float_format", "{:.0f}".format):

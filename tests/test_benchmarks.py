@@ -42,3 +42,18 @@ def test_mujoco_suite_rejects_an_unknown_override():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mujoco_suite.py"), "--set", "lr_typo=1",
                              "--skip-train"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "lr_typo" in result.stderr and "init_log_std" in result.stderr
+
+
+def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import mujoco_suite
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    configs = mujoco_suite.task_configs(["Hopper-v4", "Walker2d-v4"], 4096, "tuned", {"lr": 1e-4})
+    assert configs["Walker2d-v4"].gae_lambda == 0.9 and configs["Hopper-v4"].gae_lambda == 0.95
+    assert configs["Hopper-v4"].lr == configs["Walker2d-v4"].lr == 1e-4
+    record = mujoco_suite.config_record(configs)
+    assert record["per_task"] == {"Hopper-v4": {"gae_lambda": 0.95}, "Walker2d-v4": {"gae_lambda": 0.9}}
+    assert "gae_lambda" not in record and record["lr"] == 1e-4 and record["total_steps"] == 4096
+    assert "per_task" not in mujoco_suite.config_record({"Hopper-v4": configs["Hopper-v4"]})

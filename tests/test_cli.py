@@ -56,7 +56,7 @@ def test_envs_lists_aliases():
     (["pendulum", "--hidden-sizes", "64,abc"], "is not a list of layer widths"),
     (["pendulum", "--total-steps", "100"], "--total-steps 100 is less than one rollout batch"),
     (["pendulum", "--seeds", "0"], "Invalid value for '--seeds'"),
-    (["pendulum", "--preset", "fast"], "Invalid value for '--preset': 'fast' is not 'classic'"),
+    (["pendulum", "--preset", "fast"], "Invalid value for '--preset': 'fast' is not one of 'classic', 'tuned'"),
 ])
 def test_bad_input_is_one_clear_error_with_exit_code_2(tmp_path, args, message):
     result = invoke("train", *args, "--out", str(tmp_path))
@@ -75,6 +75,14 @@ def test_a_preset_replaces_the_defaults_and_given_options_still_win(tmp_path):
     assert (saved.vf_coef, saved.num_steps, saved.total_steps) == (0.3, 256, 512)  # given
     resumed = invoke("train", "--resume", str(tmp_path / "Pendulum-v1" / "default"), "--preset", "classic")
     assert resumed.exit_code == 2 and "drop --preset" in " ".join(resumed.output.split())
+
+
+def test_the_tuned_preset_changes_walker2d_only(tmp_path):
+    for env, lam in (("walker2d", 0.9), ("hopper", 0.95)):
+        result = invoke("train", env, "--preset", "tuned", "--out", str(tmp_path), *TINY)
+        assert result.exit_code == 0, result.output
+        (seed_dir,) = tmp_path.glob(f"{env.capitalize()}-v*/default/seed_0")
+        assert Config.from_json((seed_dir / "config.json").read_text()).gae_lambda == lam
 
 
 def test_unwritable_out_is_refused(tmp_path):

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from ppo_cli.config import PRESETS, Config, ConfigError, preset
+from ppo_cli.config import PRESETS, Config, ConfigError, preset, task_family
 
 
 def test_defaults_are_the_benchmarked_mujoco_config_and_sizes_are_derived():
@@ -53,11 +53,22 @@ def test_gamma_and_lambda_of_one_are_valid():
     Config(env_id="Hopper-v5", gamma=1.0, gae_lambda=1.0)
 
 
-def test_presets_name_real_fields_with_valid_values():
-    for name in PRESETS:
-        c = Config(env_id="Hopper-v5", **preset(name))
-        assert all(getattr(c, k) == v for k, v in PRESETS[name].items())
-    classic = Config(env_id="Hopper-v5", **preset("classic"))
+def test_presets_name_real_fields_with_valid_values_per_task():
+    for name, tasks in PRESETS.items():
+        for family, values in tasks.items():
+            env_id = "Hopper-v5" if family == "*" else f"{family}-v4"
+            assert preset(name, env_id) == values
+            c = Config(env_id=env_id, **preset(name, env_id))
+            assert all(getattr(c, k) == v for k, v in values.items())
+    classic = Config(env_id="Hopper-v5", **preset("classic", "Hopper-v5"))
     assert (classic.batch_size, classic.minibatch_size) == (2048, 64)  # SB3/CleanRL's sizes
-    with pytest.raises(ConfigError, match="unknown preset 'fast'; choose from classic"):
+    assert preset("classic", "my_pkg.envs:Robot") == preset("classic")  # "*": any task
+    assert preset("tuned", "Walker2d-v5") == {"gae_lambda": 0.9}
+    assert preset("tuned", "Hopper-v4") == {} and preset("tuned", "HalfCheetah-v5") == {}  # the defaults
+    with pytest.raises(ConfigError, match="unknown preset 'fast'; choose from classic, tuned"):
         preset("fast")
+
+
+def test_task_family_drops_the_version_only():
+    assert task_family("Walker2d-v4") == "Walker2d" and task_family("my-env-v12") == "my-env"
+    assert task_family("pkg.mod:Env") == "pkg.mod:Env" and task_family("Foo-vX") == "Foo-vX"
