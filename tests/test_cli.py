@@ -77,6 +77,15 @@ def test_a_preset_replaces_the_defaults_and_given_options_still_win(tmp_path):
     assert resumed.exit_code == 2 and "drop --preset" in " ".join(resumed.output.split())
 
 
+def test_help_spells_out_what_each_preset_sets():
+    from ppo_cli.cli import _describe_preset
+
+    assert _describe_preset("tuned") == "Walker2d --gae-lambda 0.9"
+    assert _describe_preset("classic").startswith("any task --num-envs 1 --num-steps 2048")
+    assert "--clip-vloss" in _describe_preset("classic") and "--no-recompute-adv" in _describe_preset("classic")
+    assert "tuned: Walker2d" in " ".join(invoke("train", "--help").output.split())
+
+
 def test_the_tuned_preset_changes_walker2d_only(tmp_path):
     for env, lam in (("walker2d", 0.9), ("hopper", 0.95)):
         result = invoke("train", env, "--preset", "tuned", "--out", str(tmp_path), *TINY)
