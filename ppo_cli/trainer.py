@@ -218,15 +218,31 @@ def minibatch_loss(agent: ActorCritic, config: Config, obs: torch.Tensor, action
     return loss, torch.stack((pg_loss, v_loss, ent)).detach(), logratio.detach()
 
 
-def make_loss_fn(agent: ActorCritic, config: Config) -> LossFn:
-    """:func:`minibatch_loss` bound to ``agent`` and ``config``; compiled with ``config.compile``.
+def fused_minibatch_loss(agent: ActorCritic, config: Config, obs: torch.Tensor, actions: torch.Tensor,
+                         old_logprobs: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                         advantages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`minibatch_loss` for a Gaussian policy, with the loss after the networks' outputs in
+    one autograd node (:class:`~ppo_cli.losses.GaussianPPOLoss`): same value and gradient, less
+    per-op overhead."""
+    mean, value = agent(obs)
+    loss, terms, logratio = losses.GaussianPPOLoss.apply(
+        mean, agent.log_std, value, actions, old_logprobs, old_values, returns, advantages, config.clip_coef,
+        config.dual_clip, config.clip_vloss, config.ent_coef, config.vf_coef)
+    return loss, terms, logratio
 
-    Compiling happens at the first call; if it fails (no C compiler, an unsupported platform) the
-    eager function is used from then on and a warning is logged.
+
+def make_loss_fn(agent: ActorCritic, config: Config) -> LossFn:
+    """The minibatch loss bound to ``agent`` and ``config``.
+
+    Gaussian policies use :func:`fused_minibatch_loss`, categorical ones :func:`minibatch_loss`.
+    With ``config.compile`` it is :func:`minibatch_loss` compiled with ``torch.compile`` (which
+    fuses the same operations itself). Compiling happens at the first call; if it fails (no C
+    compiler, an unsupported platform) the eager function is used from then on and a warning is
+    logged.
     """
-    eager = functools.partial(minibatch_loss, agent, config)
     if not config.compile:
-        return eager
+        return functools.partial(minibatch_loss if agent.discrete else fused_minibatch_loss, agent, config)
+    eager = functools.partial(minibatch_loss, agent, config)
     compiled = torch.compile(eager, dynamic=False)
     current: list[LossFn] = [compiled]
 
@@ -276,10 +292,10 @@ def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict
     ``config.norm_adv`` the advantages of every minibatch are normalised (per minibatch) in one
     operation. ``recompute``, if given, returns fresh ``(advantages, returns)`` and is called
     before every epoch after the first (``--recompute-adv``). Diagnostics stay tensors until the
-    end of the update and are reduced once. ``loss_fn`` defaults to :func:`minibatch_loss` (see
-    :func:`make_loss_fn`).
+    end of the update and are reduced once. ``loss_fn`` defaults to :func:`make_loss_fn`'s
+    eager choice.
     """
-    loss_fn = loss_fn or functools.partial(minibatch_loss, agent, config)
+    loss_fn = loss_fn or make_loss_fn(agent, config.replace(compile=False))
     params = [p for group in optimizer.param_groups for p in group["params"]]
     n_mb, mb_size = config.num_minibatches, config.minibatch_size
     planned = config.update_epochs * n_mb
