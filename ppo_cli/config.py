@@ -77,8 +77,9 @@ class Config:
         "help": "Environment stepping: gymnasium (any environment, one loop) or envpool (C++ worker "
                 "threads; MuJoCo and classic tasks it lists; pip install -e '.[fast]').",
         "choices": BACKENDS})
-    compile: bool = _opt(False, "Compile the minibatch loss with torch.compile (needs a C compiler): "
-                                "~1/3 faster updates after ~10-20 s of compiling; eager if it fails.")
+    compile: bool = _opt(False, "Compile the composed minibatch loss with torch.compile (needs a C "
+                                "compiler; eager if it fails); measured no faster than the default fused "
+                                "loss.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
