@@ -89,13 +89,13 @@ def seed_jobs(runs: Path, name: str, configs: dict[str, Config], seeds: range) -
     jobs = []
     for seed in seeds:
         for env_id, task_config in configs.items():
-            config, steps = task_config.replace(seed=seed), task_config.total_steps
+            config = task_config.replace(seed=seed)
             seed_dir = runs / env_id / name / f"seed_{seed}"
             checkpoint = seed_dir / "checkpoint.pt"
             if checkpoint.is_file():
                 state = load_checkpoint(checkpoint)
                 saved = Config.from_dict(state["config"])
-                if saved.replace(total_steps=steps) != config:
+                if saved.replace(total_steps=config.total_steps) != config:
                     raise SystemExit(f"{seed_dir} was trained with another config; use another --name "
                                      f"or remove it")
                 if int(state["global_step"]) >= config.num_iterations * config.batch_size:

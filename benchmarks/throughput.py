@@ -10,9 +10,9 @@ orthogonal init, observation and reward normalisation (SB3: ``VecNormalize``). E
 process and the two libraries alternate, so drift of the machine hits both. torch runs with one
 thread in both (the faster setting for 64-sample minibatches on a CPU).
 
-These classic settings are pinned (``CLASSIC``, ``ppo train --preset classic``): ``ppo``'s own defaults differ (64 environments x 32
-steps; see README "Learning quality"), and are measured once too (``ppo defaults``, also with
-``--backend envpool``).
+These classic settings are pinned (``CLASSIC``, ``ppo train --preset classic``): ``ppo``'s own
+defaults differ (64 environments x 32 steps; see README "Learning quality"), and are measured once
+too (``ppo defaults``, also with ``--backend envpool``).
 
 ``ppo`` runs twice per repeat: as is, and with ``--compile`` (``torch.compile`` of the minibatch
 loss). Afterwards, once each: ``ppo --backend envpool --num-envs 16 --num-steps 512`` (with and

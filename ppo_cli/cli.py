@@ -44,7 +44,7 @@ class HiddenSizes(click.ParamType):
 
 
 def _describe_preset(name: str) -> str:
-    """``"Walker2d: --gae-lambda 0.9"``: the options preset ``name`` sets, per task family."""
+    """``"Walker2d --gae-lambda 0.9"``: the options preset ``name`` sets, per task family."""
     parts = []
     for family, values in PRESETS[name].items():
         flags = [(_flag(k) if v else "--no-" + _flag(k)[2:]) if isinstance(v, bool) else f"{_flag(k)} {v}"
@@ -231,8 +231,8 @@ def _resume_jobs(ctx: click.Context, folder: Path, total_steps: int) -> list[Any
     given = [name for name in ctx.params
              if name not in _RESUME_COMPANIONS and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
     if given:
-        names = ", ".join("ENV" if n == "env" else _flag({"num_seeds": "seeds", "out_dir": "out", "preset_name": "preset"}.get(n, n))
-                          for n in given)
+        flags = {"num_seeds": "seeds", "out_dir": "out", "preset_name": "preset"}
+        names = ", ".join("ENV" if n == "env" else _flag(flags.get(n, n)) for n in given)
         raise click.UsageError(f"--resume continues a run with its saved settings; drop {names} "
                                f"(only --total-steps, --jobs and --quiet go with --resume)")
     extend = ctx.get_parameter_source("total_steps") == ParameterSource.COMMANDLINE

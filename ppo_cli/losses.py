@@ -15,11 +15,9 @@ written out; training uses it, and it is tested equal to these functions compose
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-LOG_2PI = math.log(2.0 * math.pi)
+from ppo_cli.agent import LOG_2PI
 
 
 def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_coef: float,
