@@ -25,7 +25,7 @@ def measure(compile: bool, repeats: int = 7) -> float:
     config = Config(env_id="Hopper-v5", compile=compile)
     agent = ActorCritic(11, 3, config.hidden_sizes, seed=0)
     optimizer = make_optimizer(agent, config)
-    loss_fn = make_loss_fn(agent, config)
+    loss_fn = make_loss_fn(agent, config, optimizer)
     g = torch.Generator().manual_seed(0)
     n = config.batch_size
     batch = {"obs": torch.randn(n, 11, generator=g), "actions": torch.randn(n, 3, generator=g),

@@ -225,7 +225,7 @@ class EnvBatch:
         """
         spaces = self.spaces
         if not spaces.discrete:
-            actions = np.clip(actions, spaces.action_low, spaces.action_high)
+            actions = np.minimum(np.maximum(actions, spaces.action_low), spaces.action_high)  # np.clip, leaner
         max_steps = self.max_episode_steps
         for i, env in enumerate(self.envs):
             action = actions[i]
@@ -349,7 +349,7 @@ class EnvPoolBatch:
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         spaces = self.spaces
         if not spaces.discrete:
-            actions = np.clip(actions, spaces.action_low, spaces.action_high)
+            actions = np.minimum(np.maximum(actions, spaces.action_low), spaces.action_high)  # np.clip, leaner
         obs, rewards, terminated, truncated, _ = self.pool.step(actions)
         self.obs[:] = obs
         rewards = rewards.astype(np.float64)

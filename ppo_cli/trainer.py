@@ -40,7 +40,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from ppo_cli import losses
+from ppo_cli import fused, losses
 from ppo_cli.agent import ActorCritic, RolloutPolicy
 from ppo_cli.checkpoint import load_checkpoint, package_versions, save_checkpoint, to_numpy, to_tensors
 from ppo_cli.config import Config
@@ -147,12 +147,15 @@ class FlatAdam(torch.optim.Adam):
     """Adam over one flat tensor holding every parameter of a module, each parameter a view into it.
 
     The gradients are views into one flat gradient tensor too (autograd accumulates into an
-    existing ``.grad`` in place), so zeroing is one ``zero_()``, the global-norm clip three ops and
-    Adam's fused kernel one call over one tensor: ~15% less time per 64-sample minibatch than
-    ``torch.optim.Adam`` over the module's parameters, with the same arithmetic (the same
-    parameters to float32 rounding after many steps, tested). It is a ``torch.optim.Adam``: its
-    state dict has one parameter whose moments are the module's, flattened in ``parameters()``
-    order; :meth:`load_state_dict` also accepts the per-parameter state of a plain Adam.
+    existing ``.grad`` in place), so zeroing is one ``fill``, the global-norm clip a dot product
+    and a scaling, and a step one call of Adam's fused kernel over one tensor. :meth:`lean_step`
+    calls that kernel (``torch._fused_adam_``) directly, as ``step()`` of
+    ``torch.optim.Adam(fused=True)`` does after ~60 us of per-call bookkeeping (hooks, profiler
+    records, grouping tensors by device) that one CPU tensor does not need: the same arithmetic,
+    the same result bit for bit (tested).
+    It is a ``torch.optim.Adam``: its state dict has one parameter whose moments are the module's,
+    flattened in ``parameters()`` order; :meth:`load_state_dict` also accepts the per-parameter
+    state of a plain Adam.
     """
 
     def __init__(self, module: nn.Module, lr: float, eps: float) -> None:
@@ -167,19 +170,40 @@ class FlatAdam(torch.optim.Adam):
             offset += n
         self.flat = nn.Parameter(flat)
         self.flat.grad = grad
+        self.grad_array = grad.numpy()  # the same memory
         try:
             super().__init__([self.flat], lr=lr, eps=eps, fused=True)
+            self.lean = hasattr(torch, "_fused_adam_")
         except (RuntimeError, TypeError):  # torch builds without the fused CPU kernel
             super().__init__([self.flat], lr=lr, eps=eps)
+            self.lean = False
+
+    def lean_step(self) -> None:
+        """``step()``: ``torch._fused_adam_`` on the flat tensor (``step()`` itself for the first
+        step, which creates the state, and where the kernel is missing)."""
+        state = self.state.get(self.flat)
+        if not self.lean or not state:
+            self.step()
+            return
+        group = self.param_groups[0]
+        beta1, beta2 = group["betas"]
+        step = state["step"]
+        step.add_(1)
+        torch._fused_adam_([self.flat], [self.flat.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [step],
+                           amsgrad=group["amsgrad"], lr=group["lr"], beta1=beta1, beta2=beta2,
+                           weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                           grad_scale=None, found_inf=None)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the flat gradient in place (never ``None``: the parameters' grads are views into it)."""
-        self.flat.grad.zero_()
+        self.grad_array.fill(0.0)
 
     def clip_grad_norm_(self, max_norm: float) -> None:
         """``nn.utils.clip_grad_norm_`` on the flat gradient: scale by ``min(1, max_norm / (norm + 1e-6))``."""
-        grad = self.flat.grad
-        grad.mul_(torch.clamp(max_norm / (torch.linalg.vector_norm(grad) + 1e-6), max=1.0))
+        grad = self.grad_array
+        coef = max_norm / (math.sqrt(float(np.dot(grad, grad))) + 1e-6)
+        if coef < 1.0:
+            grad *= np.float32(coef)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         ids = state_dict["param_groups"][0]["params"]
@@ -218,30 +242,23 @@ def minibatch_loss(agent: ActorCritic, config: Config, obs: torch.Tensor, action
     return loss, torch.stack((pg_loss, v_loss, ent)).detach(), logratio.detach()
 
 
-def fused_minibatch_loss(agent: ActorCritic, config: Config, obs: torch.Tensor, actions: torch.Tensor,
-                         old_logprobs: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                         advantages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`minibatch_loss` for a Gaussian policy, with the loss after the networks' outputs in
-    one autograd node (:class:`~ppo_cli.losses.GaussianPPOLoss`): same value and gradient, less
-    per-op overhead."""
-    mean, value = agent(obs)
-    loss, terms, logratio = losses.GaussianPPOLoss.apply(
-        mean, agent.log_std, value, actions, old_logprobs, old_values, returns, advantages, config.clip_coef,
-        config.dual_clip, config.clip_vloss, config.ent_coef, config.vf_coef)
-    return loss, terms, logratio
-
-
-def make_loss_fn(agent: ActorCritic, config: Config) -> LossFn:
+def make_loss_fn(agent: ActorCritic, config: Config, optimizer: torch.optim.Optimizer | None = None) -> LossFn:
     """The minibatch loss bound to ``agent`` and ``config``.
 
-    Gaussian policies use :func:`fused_minibatch_loss`, categorical ones :func:`minibatch_loss`.
+    Gaussian policies use :class:`~ppo_cli.fused.FusedLoss` (the same value and gradient as
+    :func:`minibatch_loss`, computed in one autograd node; its input is the optimizer's flat
+    tensor where ``optimizer`` is a :class:`FlatAdam`), categorical ones :func:`minibatch_loss`.
     With ``config.compile`` it is :func:`minibatch_loss` compiled with ``torch.compile`` (which
     fuses the same operations itself). Compiling happens at the first call; if it fails (no C
     compiler, an unsupported platform) the eager function is used from then on and a warning is
     logged.
     """
     if not config.compile:
-        return functools.partial(minibatch_loss if agent.discrete else fused_minibatch_loss, agent, config)
+        if agent.discrete:
+            return functools.partial(minibatch_loss, agent, config)
+        coefs = fused.LossCoefs(config.clip_coef, config.dual_clip, config.clip_vloss, config.ent_coef,
+                                config.vf_coef)
+        return fused.FusedLoss(agent, coefs, optimizer.flat if isinstance(optimizer, FlatAdam) else None)
     eager = functools.partial(minibatch_loss, agent, config)
     compiled = torch.compile(eager, dynamic=False)
     current: list[LossFn] = [compiled]
@@ -295,7 +312,7 @@ def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict
     end of the update and are reduced once. ``loss_fn`` defaults to :func:`make_loss_fn`'s
     eager choice.
     """
-    loss_fn = loss_fn or make_loss_fn(agent, config.replace(compile=False))
+    loss_fn = loss_fn or make_loss_fn(agent, config.replace(compile=False), optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     n_mb, mb_size = config.num_minibatches, config.minibatch_size
     planned = config.update_epochs * n_mb
@@ -327,9 +344,10 @@ def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict
             loss.backward()
             if isinstance(optimizer, FlatAdam):
                 optimizer.clip_grad_norm_(config.max_grad_norm)
+                optimizer.lean_step()
             else:
                 nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
-            optimizer.step()
+                optimizer.step()
             steps += 1
         if stopped:
             break
@@ -395,7 +413,7 @@ def _train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]
     agent = ActorCritic(spaces.obs_dim, spaces.act_dim, config.hidden_sizes, spaces.discrete, seeds.torch_seed,
                         config.init_log_std)
     optimizer = make_optimizer(agent, config)
-    loss_fn = make_loss_fn(agent, config)
+    loss_fn = make_loss_fn(agent, config, optimizer)
     obs_filter = ObservationNormalizer((spaces.obs_dim,), config.obs_clip, enabled=config.norm_obs)
     reward_filter = RewardNormalizer(config.num_envs, config.gamma, config.reward_clip, enabled=config.norm_reward)
     action_shape = () if spaces.discrete else (spaces.act_dim,)

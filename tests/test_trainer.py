@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ppo_cli import losses
+from ppo_cli import fused, losses
 from ppo_cli.agent import ActorCritic
 from ppo_cli.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ppo_cli.config import Config
@@ -141,13 +141,13 @@ def test_learns_inverted_pendulum(trained_pendulum):
 @pytest.mark.slow
 def test_a_sign_flipped_update_does_not_reach_the_threshold(tmp_path, monkeypatch):
     """The learning threshold is one that a broken update misses."""
-    real, real_fused = losses.clipped_surrogate, losses.GaussianPPOLoss.apply
+    real, real_fused = losses.clipped_surrogate, fused.forward_backward
     monkeypatch.setattr(losses, "clipped_surrogate", lambda *a, **k: -real(*a, **k))
 
-    def fused_flipped(mean, log_std, value, actions, old_logprobs, old_values, returns, advantages, *rest):
-        return real_fused(mean, log_std, value, actions, old_logprobs, old_values, returns, -advantages, *rest)
+    def fused_flipped(params, grads, obs, actions, old_logprobs, old_values, returns, advantages, coefs):
+        return real_fused(params, grads, obs, actions, old_logprobs, old_values, returns, -advantages, coefs)
 
-    monkeypatch.setattr(losses.GaussianPPOLoss, "apply", fused_flipped)  # the path Gaussian policies take
+    monkeypatch.setattr(fused, "forward_backward", fused_flipped)  # the path Gaussian policies take
     result = train(LEARN, tmp_path)
     assert result.final_return is not None and result.final_return < LEARN_THRESHOLD / 5, result
 
@@ -354,21 +354,23 @@ def test_flat_adam_follows_plain_adam_and_resumes_from_its_state():
 def test_the_fused_gaussian_loss_trains_like_the_composed_one(changes):
     import functools
 
-    from ppo_cli.trainer import make_loss_fn, minibatch_loss
+    from ppo_cli.fused import FusedLoss
+    from ppo_cli.trainer import FlatAdam, make_loss_fn, minibatch_loss
 
     config = Config(env_id=POINT, total_steps=256, num_envs=1, num_steps=256, num_minibatches=4, update_epochs=3,
                     **changes)
     batch = _random_batch(256)
-    reference, fused = ActorCritic(3, 2, (8, 8), seed=0), ActorCritic(3, 2, (8, 8), seed=0)
-    assert make_loss_fn(fused, config).func.__name__ == "fused_minibatch_loss"
+    reference, fast = ActorCritic(3, 2, (8, 8), seed=0), ActorCritic(3, 2, (8, 8), seed=0)
+    assert isinstance(make_loss_fn(fast, config), FusedLoss)
     reference_opt = torch.optim.Adam(reference.parameters(), lr=1e-3, eps=1e-5)
-    fused_opt = torch.optim.Adam(fused.parameters(), lr=1e-3, eps=1e-5)
+    fused_opt = FlatAdam(fast, lr=1e-3, eps=1e-5)  # the trainer's path: flat input, lean Adam step, numpy clip
+    assert make_loss_fn(fast, config, fused_opt).flat is fused_opt.flat
     for _ in range(3):
         a = ppo_update(reference, reference_opt, batch, config, np.random.default_rng(0),
                        functools.partial(minibatch_loss, reference, config))
-        b = ppo_update(fused, fused_opt, batch, config, np.random.default_rng(0))
+        b = ppo_update(fast, fused_opt, batch, config, np.random.default_rng(0))
         for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
             assert getattr(b, name) == pytest.approx(getattr(a, name), rel=1e-4, abs=1e-6), name
-    for p, q in zip(reference.parameters(), fused.parameters()):
+    for p, q in zip(reference.parameters(), fast.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
-    assert not torch.equal(fused.log_std, ActorCritic(3, 2, (8, 8), seed=0).log_std)  # it did train
+    assert not torch.equal(fast.log_std, ActorCritic(3, 2, (8, 8), seed=0).log_std)  # it did train
