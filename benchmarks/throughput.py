@@ -8,20 +8,23 @@ steps per rollout, 10 epochs, 32 minibatches (64 samples), Adam 3e-4 annealed li
 lambda 0.95, clip 0.2 (value clip 0.2 too), vf 0.5, grad-norm 0.5, 64x64 tanh actor and critic,
 orthogonal init, observation and reward normalisation (SB3: ``VecNormalize``). Each run is its own
 process and the two libraries alternate, so drift of the machine hits both. torch runs with one
-thread in both (the faster setting for 64-sample minibatches on a CPU).
+thread in both (the faster setting for 64-sample minibatches on a CPU). Both are timed from building
+the environment to the end of training: ``ppo``'s ``train()`` call, and SB3's environment, ``PPO()``
+and ``learn()``; so both pay the one-off import of ``torch._dynamo`` (~1.5 s here) that creating any
+``torch.optim`` optimizer triggers, and neither pays for importing its library.
 
 These classic settings are pinned (``CLASSIC``, ``ppo train --preset classic``): ``ppo``'s own
 defaults differ (64 environments x 32 steps; see README "Learning quality"), and are measured once
 too (``ppo defaults``, also with ``--backend envpool``).
 
-``ppo`` runs twice per repeat: as is, and with ``--compile`` (``torch.compile`` of the minibatch
-loss). Afterwards, once each: ``ppo --backend envpool --num-envs 16 --num-steps 512`` (with and
-without ``--compile``; needs the ``fast`` extra), and two ``ppo`` seeds at once (``--seeds 2`` on
-2 cores) for the total step rate.
+Afterwards, once each: ``ppo --backend envpool --num-envs 16 --num-steps 512`` (needs the ``fast``
+extra), ``ppo``'s defaults with both backends, and two ``ppo`` seeds at once (``--seeds 2`` on 2
+cores) for the total step rate. (``--compile`` is timed by ``benchmarks/update_speed.py``: it
+compiles the composed loss, which is slower than the fused one.)
 
 Prints each run's steps/s, the medians, their ratios, the raw ``gymnasium.make`` step rate, and
 ``ppo``'s split between rollout and update (microseconds per environment step). The last line is
-machine-readable: ``ratio_vs_sb3=... ppo_sps=... ppo_compile_sps=... sb3_sps=... env_sps=...``.
+machine-readable: ``ratio_vs_sb3=... ppo_sps=... sb3_sps=... env_sps=...``.
 """
 
 from __future__ import annotations
@@ -45,14 +48,14 @@ ENV_ID = "Hopper-v4"
 CLASSIC = {**preset("classic"), "num_minibatches": 32, "update_epochs": 10}
 
 
-def run_ppo(steps: int, compile: bool = False, **options: object) -> dict[str, float]:
+def run_ppo(steps: int, **options: object) -> dict[str, float]:
     import torch
 
     from ppo_cli.trainer import train
 
     torch.set_num_threads(1)
     rows: list[dict] = []
-    config = Config(env_id=ENV_ID, total_steps=steps, checkpoint_interval=10_000, compile=compile,
+    config = Config(env_id=ENV_ID, total_steps=steps, checkpoint_interval=10_000,
                     **{**CLASSIC, **options})
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
@@ -72,13 +75,13 @@ def run_sb3(steps: int) -> dict[str, float]:
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     torch.set_num_threads(1)
+    start = time.perf_counter()
     env = VecNormalize(DummyVecEnv([lambda: gym.make(ENV_ID)]), gamma=0.99)
     model = PPO("MlpPolicy", env, n_steps=2048, batch_size=64, n_epochs=10,
                 learning_rate=lambda progress: 3e-4 * progress, gamma=0.99, gae_lambda=0.95, clip_range=0.2,
                 clip_range_vf=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5, device="cpu", seed=0,
                 policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": torch.nn.Tanh,
                                "ortho_init": True, "log_std_init": 0.0})
-    start = time.perf_counter()
     model.learn(total_timesteps=steps)
     wall = time.perf_counter() - start
     return {"sps": model.num_timesteps / wall, "wall_s": wall}
@@ -103,9 +106,8 @@ ENVPOOL16 = {"backend": "envpool", "num_envs": 16, "num_steps": 512}
 DEFAULTS = {name: getattr(Config(env_id=ENV_ID), name) for name in CLASSIC}  # ppo's shipped defaults
 RUNNERS = {"ppo_defaults": lambda steps: run_ppo(steps, **DEFAULTS),
            "ppo_defaults_envpool": lambda steps: run_ppo(steps, backend="envpool", **DEFAULTS),
-           "ppo": run_ppo, "ppo_compile": lambda steps: run_ppo(steps, compile=True), "sb3": run_sb3,
-           "env": run_env, "ppo_envpool16": lambda steps: run_ppo(steps, **ENVPOOL16),
-           "ppo_envpool16_compile": lambda steps: run_ppo(steps, compile=True, **ENVPOOL16)}
+           "ppo": run_ppo, "sb3": run_sb3, "env": run_env,
+           "ppo_envpool16": lambda steps: run_ppo(steps, **ENVPOOL16)}
 
 
 def child(kind: str, steps: int, parallel: int = 1) -> list[dict[str, float]]:
@@ -131,7 +133,7 @@ def main() -> None:
         print(json.dumps(RUNNERS[args.child](args.steps)))
         return
 
-    kinds = ("ppo", "ppo_compile", "sb3")
+    kinds = ("ppo", "sb3")
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     for repeat in range(args.repeats):
         for kind in kinds:
@@ -139,7 +141,7 @@ def main() -> None:
             results[kind].append(result)
             print(f"run {repeat + 1} {kind:>11}: {result['sps']:7.0f} steps/s ({result['wall_s']:.1f} s)", flush=True)
     many = {kind: child(kind, args.steps)[0]["sps"]
-            for kind in ("ppo_envpool16", "ppo_envpool16_compile", "ppo_defaults", "ppo_defaults_envpool")}
+            for kind in ("ppo_envpool16", "ppo_defaults", "ppo_defaults_envpool")}
     for kind, value in many.items():
         print(f"{kind:>21}: {value:7.0f} steps/s", flush=True)
     two = child("ppo", args.steps, parallel=2)
@@ -147,25 +149,20 @@ def main() -> None:
     print(f"2 seeds at once     ppo: {two_sps:7.0f} steps/s in total", flush=True)
     env = child("env", 20_000)[0]
     sps = {kind: statistics.median(r["sps"] for r in results[kind]) for kind in kinds}
-    split = {kind: (statistics.median(r["rollout_us_per_step"] for r in results[kind]),
-                    statistics.median(r["update_us_per_step"] for r in results[kind])) for kind in kinds[:2]}
+    rollout = statistics.median(r["rollout_us_per_step"] for r in results["ppo"])
+    update = statistics.median(r["update_us_per_step"] for r in results["ppo"])
     print(f"\n{ENV_ID}, {args.steps} steps, medians of {args.repeats} runs each")
-    for kind, label in (("ppo", "ppo"), ("ppo_compile", "ppo --compile")):
-        rollout, update = split[kind]
-        print(f"  {label:<24} {sps[kind]:7.0f} steps/s  (rollout {rollout:.0f} us/step, update {update:.0f} us/step)")
+    print(f"  {'ppo':<24} {sps['ppo']:7.0f} steps/s  (rollout {rollout:.0f} us/step, update {update:.0f} us/step)")
     print(f"  {'Stable-Baselines3 PPO':<24} {sps['sb3']:7.0f} steps/s")
     print(f"  {'gymnasium.make().step':<24} {env['sps']:7.0f} steps/s  (random actions)")
     print(f"  {'ppo, 2 seeds at once':<24} {two_sps:7.0f} steps/s total ({two_sps / sps['ppo']:.2f}x one seed)")
-    print(f"  {'ppo, envpool, 16 envs':<24} {many['ppo_envpool16']:7.0f} steps/s  (--num-steps 512; "
-          f"{many['ppo_envpool16_compile']:.0f} with --compile)")
+    print(f"  {'ppo, envpool, 16 envs':<24} {many['ppo_envpool16']:7.0f} steps/s  (--num-steps 512)")
     print(f"  {'ppo defaults (64 envs)':<24} {many['ppo_defaults']:7.0f} steps/s  "
           f"({many['ppo_defaults_envpool']:.0f} with --backend envpool)")
     print(f"  ratio ppo / SB3          {sps['ppo'] / sps['sb3']:7.2f}")
-    print(f"  ratio ppo --compile / SB3 {sps['ppo_compile'] / sps['sb3']:6.2f}")
-    print(f"ratio_vs_sb3={sps['ppo'] / sps['sb3']:.2f} ratio_compile_vs_sb3={sps['ppo_compile'] / sps['sb3']:.2f} "
-          f"ppo_sps={sps['ppo']:.0f} ppo_compile_sps={sps['ppo_compile']:.0f} sb3_sps={sps['sb3']:.0f} "
+    print(f"ratio_vs_sb3={sps['ppo'] / sps['sb3']:.2f} ppo_sps={sps['ppo']:.0f} sb3_sps={sps['sb3']:.0f} "
           f"two_seed_sps={two_sps:.0f} envpool16_sps={many['ppo_envpool16']:.0f} "
-          f"envpool16_compile_sps={many['ppo_envpool16_compile']:.0f} defaults_sps={many['ppo_defaults']:.0f} "
+          f"defaults_sps={many['ppo_defaults']:.0f} "
           f"defaults_envpool_sps={many['ppo_defaults_envpool']:.0f} env_sps={env['sps']:.0f}")
 
 

@@ -112,6 +112,7 @@ class RolloutPolicy:
         self.biases = [np.zeros(o, dtype=np.float32) for o in outs]
         self.log_std = np.zeros(agent.act_dim, dtype=np.float32)
         self.std = np.ones(agent.act_dim, dtype=np.float32)
+        self.logprob_offset = np.float32(0.5 * LOG_2PI * agent.act_dim)
         self.sync(agent)
 
     @torch.no_grad()
@@ -137,6 +138,7 @@ class RolloutPolicy:
         if not self.discrete:
             self.log_std[:] = agent.log_std.numpy()
             self.std[:] = np.exp(self.log_std)
+            self.logprob_offset = self.log_std.sum() + 0.5 * LOG_2PI * self.act_dim  # log-prob = -|noise|^2 / 2 - this
 
     def forward(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(n, obs_dim)`` float32 -> (mean or logits ``(n, act_dim)``, value ``(n,)``)."""
@@ -165,8 +167,8 @@ class RolloutPolicy:
             actions = np.minimum((noise * cdf[:, -1:] > cdf).sum(axis=1), self.act_dim - 1)
             return actions, log_probs[np.arange(out.shape[0]), actions], value
         actions = out + self.std * noise
-        logprob = -0.5 * (noise * noise).sum(axis=1) - (self.log_std.sum() + 0.5 * LOG_2PI * self.act_dim)
-        return actions, logprob.astype(np.float32), value
+        logprob = -0.5 * np.add.reduce(noise * noise, axis=1) - self.logprob_offset
+        return actions, logprob.astype(np.float32, copy=False), value
 
     def mode(self, obs: np.ndarray) -> np.ndarray:
         """The most likely action: the Gaussian mean, or the categorical argmax."""
