@@ -41,13 +41,13 @@ def lean_step(env: Any) -> Step | None:
     frame_skip, dt = env.frame_skip, env.dt
     forward_weight, ctrl_weight = env._forward_reward_weight, env._ctrl_cost_weight
     skip = 1 if env._exclude_current_positions_from_observation else 0
-    qpos, qvel = data.qpos, data.qvel
+    qpos, qvel, ctrl = data.qpos, data.qvel, data.ctrl  # views into the simulator's state
     mj_step, mj_rne_post = mujoco.mj_step, mujoco.mj_rnePostConstraint
     add_reduce = np.add.reduce  # what np.sum calls, without its Python layer: the same sum
 
     def simulate(action: np.ndarray) -> float:
         x_before = qpos[0]
-        data.ctrl[:] = action
+        ctrl[:] = action
         mj_step(model, data, nstep=frame_skip)
         mj_rne_post(model, data)
         return (qpos[0] - x_before) / dt

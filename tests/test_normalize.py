@@ -80,3 +80,16 @@ def test_reward_filter_clips_and_freezes():
     g.load_state_dict(f.state_dict())
     np.testing.assert_array_equal(g.returns, f.returns)
     assert g.rms.var == f.rms.var
+
+
+def test_reward_filter_of_one_env_is_bit_identical_to_the_array_path():
+    rng = np.random.default_rng(0)
+    one, many = RewardNormalizer(num_envs=1, gamma=0.99, clip=5.0), RewardNormalizer(num_envs=1, gamma=0.99, clip=5.0)
+    for t in range(500):
+        reward, done = rng.normal(0.0, 3.0, size=1), rng.random(1) < 0.05
+        if t == 400:
+            one.training = many.training = False
+        assert one._call_one(reward, done)[0] == many._call_many(reward, done)[0]
+        assert one.returns[0] == many.returns[0]
+    assert (one.rms.mean, one.rms.var, one.rms.count) == (many.rms.mean, many.rms.var, many.rms.count)
+    assert one(np.array([1e9]), np.array([False]))[0] == 5.0  # and the public call takes the one-env path

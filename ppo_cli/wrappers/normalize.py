@@ -125,6 +125,23 @@ class RewardNormalizer:
         """``reward`` and ``done`` of shape ``(num_envs,)``; returns float32 scaled rewards."""
         if not self.enabled:
             return np.asarray(reward, dtype=np.float32)
+        if self.returns.shape[0] == 1:
+            return self._call_one(reward, done)
+        return self._call_many(reward, done)
+
+    def _call_one(self, reward: np.ndarray, done: np.ndarray) -> np.ndarray:
+        """:meth:`_call_many` for one environment: the same float64 arithmetic in the same order, on
+        Python floats (bit-identical, tested), since numpy's per-call cost exceeds the arithmetic
+        of one number and this runs once per environment step."""
+        r = float(reward[0])
+        ret = float(self.returns[0]) * self.gamma + r
+        if self.training:
+            self.rms._merge(ret, 0.0, 1)
+        out = min(max(r / float(self.rms.std), -self.clip), self.clip)
+        self.returns[0] = 0.0 if done[0] else ret
+        return np.array([out], dtype=np.float32)
+
+    def _call_many(self, reward: np.ndarray, done: np.ndarray) -> np.ndarray:
         self.returns = self.returns * self.gamma + reward
         if self.training:
             self.rms.update(self.returns)
