@@ -21,9 +21,11 @@ It stays a torch autograd node: the parameters are the module's tensors (numpy v
 copy), ``loss.backward()`` hands the gradient to autograd, which accumulates it into ``.grad``,
 and torch's Adam steps. Where the parameters are views into one flat tensor (the trainer's
 :class:`~ppo_cli.trainer.FlatAdam`), that tensor is the node's one input and the gradient one
-vector: autograd's engine then accumulates one tensor instead of one per parameter (its fixed
-cost per backward pass is ~60 us, plus ~10 us per input, on the reference machine). Its value and gradients equal the composed torch path (tested in float64
-to 1e-10, across value clip, dual clip and entropy; float32 training runs match it to rounding).
+vector: autograd's engine then accumulates one tensor instead of seven (measured: ~100 us less
+per minibatch; the engine's fixed cost per ``backward()`` is ~60 us here). Value and gradients
+equal the composed torch path (tested in float64 to 1e-10, across value clip, dual clip, entropy
+and depths; float32 training matches it to rounding). In all, a minibatch takes ~0.6-0.75 ms
+instead of ~1.0 ms with a fused torch loss and ~1.2 ms fully composed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from ppo_cli.agent import LOG_2PI, ActorCritic
 
 
 class LossCoefs(NamedTuple):
+    """The loss's settings (see :class:`~ppo_cli.config.Config`)."""
+
     clip_coef: float
     dual_clip: float | None
     clip_vloss: bool
