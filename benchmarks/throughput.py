@@ -20,7 +20,8 @@ too (``ppo defaults``, also with ``--backend envpool``).
 
 Afterwards, once each: ``ppo --backend envpool --num-envs 16 --num-steps 512`` (needs the ``fast``
 extra), ``ppo``'s defaults with both backends, and two ``ppo`` seeds at once (``--seeds 2`` on 2
-cores) for the total step rate. (``--compile`` is timed by ``benchmarks/update_speed.py``: it
+cores) for the total step rate, compared with one seed run just before them (the machine's speed
+drifts, so the pair is compared with its neighbour, not with the medians of earlier runs). (``--compile`` is timed by ``benchmarks/update_speed.py``: it
 compiles the composed loss, which is slower than the fused one.)
 
 Prints each run's steps/s, the medians, their ratios, the raw ``gymnasium.make`` step rate, and
@@ -147,8 +148,9 @@ def main() -> None:
             for kind in ("ppo_envpool16", "ppo_defaults", "ppo_defaults_envpool")}
     for kind, value in many.items():
         print(f"{kind:>21}: {value:7.0f} steps/s", flush=True)
-    two = child("ppo", args.steps, parallel=2)
-    two_sps = sum(r["sps"] for r in two)
+    one_sps = child("ppo", args.steps)[0]["sps"]  # right before the pair: the machine's speed drifts
+    two_sps = sum(r["sps"] for r in child("ppo", args.steps, parallel=2))
+    print(f"1 seed              ppo: {one_sps:7.0f} steps/s (just before the pair)", flush=True)
     print(f"2 seeds at once     ppo: {two_sps:7.0f} steps/s in total", flush=True)
     env = child("env", 20_000)[0]
     sps = {kind: statistics.median(r["sps"] for r in results[kind]) for kind in kinds}
@@ -158,13 +160,14 @@ def main() -> None:
     print(f"  {'ppo':<24} {sps['ppo']:7.0f} steps/s  (rollout {rollout:.0f} us/step, update {update:.0f} us/step)")
     print(f"  {'Stable-Baselines3 PPO':<24} {sps['sb3']:7.0f} steps/s")
     print(f"  {'gymnasium.make().step':<24} {env['sps']:7.0f} steps/s  (random actions)")
-    print(f"  {'ppo, 2 seeds at once':<24} {two_sps:7.0f} steps/s total ({two_sps / sps['ppo']:.2f}x one seed)")
+    print(f"  {'ppo, 2 seeds at once':<24} {two_sps:7.0f} steps/s total ({two_sps / one_sps:.2f}x one seed run just "
+          f"before it, {one_sps:.0f})")
     print(f"  {'ppo, envpool, 16 envs':<24} {many['ppo_envpool16']:7.0f} steps/s  (--num-steps 512)")
     print(f"  {'ppo defaults (64 envs)':<24} {many['ppo_defaults']:7.0f} steps/s  "
           f"({many['ppo_defaults_envpool']:.0f} with --backend envpool)")
     print(f"  ratio ppo / SB3          {sps['ppo'] / sps['sb3']:7.2f}")
     print(f"ratio_vs_sb3={sps['ppo'] / sps['sb3']:.2f} ppo_sps={sps['ppo']:.0f} sb3_sps={sps['sb3']:.0f} "
-          f"two_seed_sps={two_sps:.0f} envpool16_sps={many['ppo_envpool16']:.0f} "
+          f"two_seed_sps={two_sps:.0f} two_seed_speedup={two_sps / one_sps:.2f} envpool16_sps={many['ppo_envpool16']:.0f} "
           f"defaults_sps={many['ppo_defaults']:.0f} "
           f"defaults_envpool_sps={many['ppo_defaults_envpool']:.0f} env_sps={env['sps']:.0f}")
 
