@@ -21,8 +21,9 @@ too (``ppo defaults``, also with ``--backend envpool``).
 Afterwards, once each: ``ppo --backend envpool --num-envs 16 --num-steps 512`` (needs the ``fast``
 extra), ``ppo``'s defaults with both backends, and two ``ppo`` seeds at once (``--seeds 2`` on 2
 cores) for the total step rate, compared with one seed run just before them (the machine's speed
-drifts, so the pair is compared with its neighbour, not with the medians of earlier runs). (``--compile`` is timed by ``benchmarks/update_speed.py``: it
-compiles the composed loss, which is slower than the fused one.)
+drifts, so the pair is compared with its neighbour, not with the medians of earlier runs).
+``--compile`` is timed by ``benchmarks/update_speed.py``: it compiles the composed loss, which is
+slower than the fused one.
 
 Prints each run's steps/s, the medians, their ratios, the raw ``gymnasium.make`` step rate, and
 ``ppo``'s split between rollout and update (microseconds per environment step). The last line is
@@ -167,7 +168,8 @@ def main() -> None:
           f"({many['ppo_defaults_envpool']:.0f} with --backend envpool)")
     print(f"  ratio ppo / SB3          {sps['ppo'] / sps['sb3']:7.2f}")
     print(f"ratio_vs_sb3={sps['ppo'] / sps['sb3']:.2f} ppo_sps={sps['ppo']:.0f} sb3_sps={sps['sb3']:.0f} "
-          f"two_seed_sps={two_sps:.0f} two_seed_speedup={two_sps / one_sps:.2f} envpool16_sps={many['ppo_envpool16']:.0f} "
+          f"two_seed_sps={two_sps:.0f} two_seed_speedup={two_sps / one_sps:.2f} "
+          f"envpool16_sps={many['ppo_envpool16']:.0f} "
           f"defaults_sps={many['ppo_defaults']:.0f} "
           f"defaults_envpool_sps={many['ppo_defaults_envpool']:.0f} env_sps={env['sps']:.0f}")
 

@@ -162,7 +162,12 @@ class FusedLoss:
             raise ValueError("FusedLoss is for Gaussian policies")
         self.coefs = coefs
         self.params = list(agent.parameters())
-        self.size = sum(p.numel() for p in self.params)
+        # each parameter's slice of a flat vector, in parameters() order
+        self.slices, offset = [], 0
+        for p in self.params:
+            self.slices.append((slice(offset, offset + p.numel()), tuple(p.shape)))
+            offset += p.numel()
+        self.size = offset
         # each parameter's place in Params, in parameters() order
         places = {id(agent.log_std): ("log_std", 0)}
         for k, (w, b) in enumerate(zip(agent.weights, agent.biases)):
@@ -171,26 +176,23 @@ class FusedLoss:
         self.num_layers = len(agent.weights)
         self.flat = flat
         if flat is not None:
-            offset = 0
-            for p in self.params:
-                if p.data_ptr() != flat.data_ptr() + offset * flat.element_size() or not p.is_contiguous():
+            for p, (where, _) in zip(self.params, self.slices):
+                if p.data_ptr() != flat.data_ptr() + where.start * flat.element_size() or not p.is_contiguous():
                     raise ValueError("the agent's parameters are not consecutive slices of `flat`")
-                offset += p.numel()
-            if offset != flat.numel():
-                raise ValueError(f"`flat` holds {flat.numel()} numbers, the agent's parameters {offset}")
+            if self.size != flat.numel():
+                raise ValueError(f"`flat` holds {flat.numel()} numbers, the agent's parameters {self.size}")
             self.inputs: tuple[torch.Tensor, ...] = (flat,)
             self._params = self.split(flat.detach().numpy())  # views: Adam updates the same memory in place
         else:
             self.inputs = tuple(self.params)
 
-    def split(self, vector: np.ndarray) -> Params:
+    def _views(self, vector: np.ndarray) -> list[np.ndarray]:
         """Views of a flat vector in ``parameters()`` order, shaped as the parameters."""
-        offset = 0
-        views = []
-        for p in self.params:
-            views.append(vector[offset:offset + p.numel()].reshape(p.shape))
-            offset += p.numel()
-        return self._arrange(views)
+        return [vector[where].reshape(shape) for where, shape in self.slices]
+
+    def split(self, vector: np.ndarray) -> Params:
+        """:meth:`_views` arranged as :class:`Params`."""
+        return self._arrange(self._views(vector))
 
     def _arrange(self, arrays: list[np.ndarray]) -> Params:
         """Arrays in ``parameters()`` order -> :class:`Params`."""
@@ -212,12 +214,7 @@ class FusedLoss:
         ``parameters()`` order), from the flat gradient vector."""
         if self.flat is not None:
             return (torch.from_numpy(grad),)
-        offset = 0
-        grads = []
-        for p in self.params:
-            grads.append(torch.from_numpy(grad[offset:offset + p.numel()].reshape(p.shape)))
-            offset += p.numel()
-        return tuple(grads)
+        return tuple(torch.from_numpy(view) for view in self._views(grad))
 
     def __call__(self, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor,
                  old_values: torch.Tensor, returns: torch.Tensor, advantages: torch.Tensor
