@@ -4,7 +4,7 @@
 
 Prints microseconds per minibatch (median of 7 updates), eager and with ``--compile``
 (``torch.compile`` of the minibatch loss; its compile time is reported separately). Used to
-measure changes to ``ppo_cli.trainer.ppo_update`` before and after, in one run on the same machine.
+measure changes to ``ppo_cli.update.ppo_update`` before and after, in one run on the same machine.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 
 from ppo_cli.agent import ActorCritic
 from ppo_cli.config import Config
-from ppo_cli.trainer import make_loss_fn, make_optimizer, ppo_update
+from ppo_cli.optim import make_optimizer
+from ppo_cli.update import make_loss_fn, ppo_update
 
 
 def measure(compile: bool, repeats: int = 7) -> float:

@@ -20,7 +20,7 @@ numpy, which calls the same BLAS for the matrix products at a fraction of the pe
 It stays a torch autograd node: the parameters are the module's tensors (numpy views of them, no
 copy), ``loss.backward()`` hands the gradient to autograd, which accumulates it into ``.grad``,
 and torch's Adam steps. Where the parameters are views into one flat tensor (the trainer's
-:class:`~ppo_cli.trainer.FlatAdam`), that tensor is the node's one input and the gradient one
+:class:`~ppo_cli.optim.FlatAdam`), that tensor is the node's one input and the gradient one
 vector: autograd's engine then accumulates one tensor instead of seven (measured: ~100 us less
 per minibatch; the engine's fixed cost per ``backward()`` is ~60 us here). Value and gradients
 equal the composed torch path (tested in float64 to 1e-10, across value clip, dual clip, entropy
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ppo_cli.agent import LOG_2PI, ActorCritic
+from ppo_cli.losses import total_loss
 
 
 class LossCoefs(NamedTuple):
@@ -100,7 +101,7 @@ def forward_backward(params: Params, grads: Params, obs: np.ndarray, actions: np
         v_loss = 0.5 * total(err * err) / batch
         d_value = err
     entropy = log_std_sum + (0.5 + 0.5 * LOG_2PI) * act_dim
-    loss = policy_loss - coefs.ent_coef * entropy + coefs.vf_coef * v_loss
+    loss = total_loss(policy_loss, v_loss, entropy, coefs.ent_coef, coefs.vf_coef)
 
     # its gradient: the loss's outputs, then back through the layers
     w_logp = advantages * ratio * ((ratio >= lo) & (ratio <= hi)) * (-1.0 / batch)
@@ -152,7 +153,7 @@ class FusedLoss:
     ``(loss, [policy_loss, value_loss, entropy], logratio)``.
 
     With ``flat`` (a tensor whose consecutive slices, in ``agent.parameters()`` order, are the
-    agent's parameters, as :class:`~ppo_cli.trainer.FlatAdam` arranges them) the gradient goes to
+    agent's parameters, as :class:`~ppo_cli.optim.FlatAdam` arranges them) the gradient goes to
     ``flat``, which autograd accumulates into ``flat.grad`` and so into every parameter's ``.grad``
     (views into it); without it, to each parameter.
     """

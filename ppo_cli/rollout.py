@@ -11,6 +11,8 @@ How episode ends are treated (the well-known libraries differ here):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -81,3 +83,9 @@ def gae(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray, termin
             out[t] = last
         advantages[:, env] = out
     return advantages, advantages + values
+
+
+def explained_variance(values: np.ndarray, returns: np.ndarray) -> float:
+    """``1 - Var(returns - values) / Var(returns)``; NaN when the returns have no variance."""
+    var = float(np.var(returns))
+    return math.nan if var == 0.0 else 1.0 - float(np.var(returns - values)) / var

@@ -6,8 +6,9 @@ import torch
 
 from ppo_cli import losses
 from ppo_cli.agent import ActorCritic
+from ppo_cli.config import Config
 from ppo_cli.fused import FusedLoss, LossCoefs
-from ppo_cli.trainer import FlatAdam
+from ppo_cli.optim import FlatAdam
 
 
 def _flatten(agent: ActorCritic) -> torch.Tensor:
@@ -39,13 +40,11 @@ def _batch(agent: ActorCritic, n: int, seed: int = 0) -> list[torch.Tensor]:
 
 
 def _composed(agent: ActorCritic, coefs: LossCoefs, obs, actions, old_logprobs, old_values, returns, advantages):
-    """The reference: ActorCritic.evaluate and ppo_cli.losses, differentiated by autograd."""
-    logprob, entropy, value = agent.evaluate(obs, actions)
-    logratio = logprob - old_logprobs
-    pg = losses.clipped_surrogate(torch.exp(logratio), advantages, coefs.clip_coef, coefs.dual_clip)
-    v = losses.value_loss(value, old_values, returns, coefs.clip_coef if coefs.clip_vloss else None)
-    ent = entropy.mean()
-    return pg - coefs.ent_coef * ent + coefs.vf_coef * v, torch.stack((pg, v, ent)), logratio
+    """The reference: ppo_cli.losses.minibatch_loss (ActorCritic.evaluate and the loss terms), differentiated by
+    autograd."""
+    config = Config(env_id="x", clip_coef=coefs.clip_coef, dual_clip=coefs.dual_clip, clip_vloss=coefs.clip_vloss,
+                    ent_coef=coefs.ent_coef, vf_coef=coefs.vf_coef)
+    return losses.minibatch_loss(agent, config, obs, actions, old_logprobs, old_values, returns, advantages)
 
 
 @pytest.mark.parametrize("hidden", [(8, 8), (16,), (8, 6, 4)])

@@ -8,7 +8,8 @@ from ppo_cli.agent import ActorCritic
 from ppo_cli.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ppo_cli.config import Config
 from ppo_cli.diagnostics import EPISODE_COLUMNS, PROGRESS_COLUMNS, TIMING_COLUMNS
-from ppo_cli.trainer import ppo_update, train
+from ppo_cli.trainer import train
+from ppo_cli.update import ppo_update
 from tests.conftest import LEARN, LEARN_THRESHOLD, interrupt_at_update
 
 POINT = "tests.fake_envs:PointEnv"
@@ -198,7 +199,8 @@ def test_resume_extends_a_finished_run(tmp_path):
 @pytest.mark.slow
 def test_compiled_loss_gives_the_eager_update(tmp_path):
     """--compile changes speed, not the update: same parameters after a full update to 1e-5."""
-    from ppo_cli.trainer import make_loss_fn, make_optimizer
+    from ppo_cli.optim import make_optimizer
+    from ppo_cli.update import make_loss_fn
 
     results = []
     for compiled in (False, True):
@@ -219,7 +221,7 @@ def test_compiled_loss_gives_the_eager_update(tmp_path):
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
-    from ppo_cli.trainer import make_loss_fn
+    from ppo_cli.update import make_loss_fn
 
     def broken(fn, **kwargs):
         def fail(*args):
@@ -252,7 +254,7 @@ def _filled_storage(num_steps: int = 6, num_envs: int = 3, obs_dim: int = 3, see
 
 def test_recompute_advantages_is_gae_with_the_current_critic():
     from ppo_cli.rollout import gae
-    from ppo_cli.trainer import recompute_advantages
+    from ppo_cli.update import recompute_advantages
 
     storage, last_obs = _filled_storage()
     agent = ActorCritic(3, 2, (8,), seed=0)
@@ -322,7 +324,7 @@ def test_init_log_std_sets_the_initial_action_std(tmp_path):
 
 
 def test_flat_adam_follows_plain_adam_and_resumes_from_its_state():
-    from ppo_cli.trainer import FlatAdam
+    from ppo_cli.optim import FlatAdam
 
     config = Config(env_id=POINT, total_steps=256, num_envs=1, num_steps=256, num_minibatches=4, update_epochs=3,
                     max_grad_norm=0.1)  # small: the clip acts on every step
@@ -355,7 +357,9 @@ def test_the_fused_gaussian_loss_trains_like_the_composed_one(changes):
     import functools
 
     from ppo_cli.fused import FusedLoss
-    from ppo_cli.trainer import FlatAdam, make_loss_fn, minibatch_loss
+    from ppo_cli.losses import minibatch_loss
+    from ppo_cli.optim import FlatAdam
+    from ppo_cli.update import make_loss_fn
 
     config = Config(env_id=POINT, total_steps=256, num_envs=1, num_steps=256, num_minibatches=4, update_epochs=3,
                     **changes)
