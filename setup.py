@@ -34,5 +34,5 @@ setup(
         "fast": ["envpool>=1.2"],  # --backend envpool (C++ vectorised MuJoCo)
         "bench": ["stable-baselines3>=2.3"],
     },
-    entry_points={"console_scripts": ["ppo=ppo_cli.cli:main"]},
+    entry_points={"console_scripts": ["ppo=ppo_cli.__main__:run"]},
 )

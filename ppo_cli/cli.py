@@ -5,13 +5,16 @@ No maths here. User mistakes become one ``click`` error line and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import re
 import shutil
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 from click.core import ParameterSource
@@ -41,6 +44,16 @@ class HiddenSizes(click.ParamType):
             return tuple(int(part) for part in re.split(r"[,x ]+", str(value).strip()) if part)
         except ValueError:
             self.fail(f"{value!r} is not a list of layer widths like 64,64", param, ctx)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN (which compares false with both bounds)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number in the range {self._describe_range()}", param, ctx)
+        return number
 
 
 def _describe_preset(name: str) -> str:
@@ -128,6 +141,9 @@ def envs() -> None:
 @click.option("--resume", "resume_from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue a seed folder, or every seed of a run folder, from its last checkpoint "
                    "(with its saved settings; --total-steps may extend it).")
+@click.option("--trust-env", is_flag=True,
+              help="With --resume: build a 'module:attr' environment named by the run's files (that runs its "
+                   "code; without this flag such a run is refused).")
 @click.option("--preset", "preset_name", type=click.Choice(sorted(PRESETS)), default=None,
               help="Start from a named set of settings instead of the defaults; options given beside it "
                    "still apply. tuned: the best measured config per MuJoCo task; classic: SB3's and "
@@ -136,7 +152,7 @@ def envs() -> None:
 @click.option("--quiet", is_flag=True, help="Plain progress lines instead of the live display.")
 @click.pass_context
 def train(ctx: click.Context, env: str | None, num_seeds: int, jobs: int | None, out_dir: Path,
-          run_name: str | None, resume_from: Path | None, preset_name: str | None, quiet: bool,
+          run_name: str | None, resume_from: Path | None, trust_env: bool, preset_name: str | None, quiet: bool,
           **hyperparameters: Any) -> None:
     """Train PPO on ENV for one or more seeds.
 
@@ -152,37 +168,92 @@ def train(ctx: click.Context, env: str | None, num_seeds: int, jobs: int | None,
       ppo train --resume results/Hopper-v5/default --total-steps 2000000
     """
     from ppo_cli.launch import run_seeds
+    from ppo_cli.signals import StopRequest
 
-    if resume_from is not None:
-        jobs_list, run_dir = _resume_jobs(ctx, resume_from, hyperparameters["total_steps"]), resume_from
-        if not jobs_list:
+    with StopRequest() as stop:
+        if resume_from is not None:
+            plan = _resume_plan(ctx, resume_from, hyperparameters["total_steps"], trust_env)
+        else:
+            if env is None:
+                raise click.UsageError("Missing argument 'ENV' (or continue a run with --resume FOLDER).")
+            given = {k for k in hyperparameters if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+            plan = _new_run_plan(env, num_seeds, out_dir, run_name, hyperparameters, preset_name, given)
+        if stop.requested:
+            raise CommandError("stopped before training started; nothing was written", stop.exit_code)
+        if not plan.jobs:
             return
-    else:
-        if env is None:
-            raise click.UsageError("Missing argument 'ENV' (or continue a run with --resume FOLDER).")
-        given = {k for k in hyperparameters if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-        jobs_list, run_dir = _new_jobs(env, num_seeds, out_dir, run_name, hyperparameters, preset_name, given)
-    configs = [job.config for job in jobs_list]
-    parallel = jobs or min(len(jobs_list), os.cpu_count() or 1)
-
-    console = Console()
-    verb = "Resuming" if resume_from is not None else "Training"
-    console.print(f"{verb} [bold]{configs[0].env_id}[/bold] for {configs[0].num_iterations * configs[0].batch_size:,} "
-                  f"steps x {len(configs)} seed(s) ({parallel} in parallel) -> {run_dir}",
-                  highlight=False, soft_wrap=True)
-    display = _QuietDisplay(console) if quiet else _LiveDisplay(console, configs)
-    with display:
-        results = run_seeds(jobs_list, parallel, display.on_event)
-    _print_summary(console, results)
+        with plan.lock() as run_dir:
+            configs = [job.config for job in plan.jobs]
+            parallel = jobs or min(len(plan.jobs), os.cpu_count() or 1)
+            console = Console()
+            verb = "Resuming" if resume_from is not None else "Training"
+            console.print(f"{verb} [bold]{configs[0].env_id}[/bold] for "
+                          f"{configs[0].num_iterations * configs[0].batch_size:,} steps x {len(configs)} seed(s) "
+                          f"({parallel} in parallel) -> {run_dir}", highlight=False, soft_wrap=True)
+            display = _QuietDisplay(console) if quiet else _LiveDisplay(console, configs)
+            with display:
+                results = run_seeds(plan.jobs, parallel, display.on_event, stop)
+            _print_summary(console, results)
     if any(r.status == "failed" for r in results):
         raise SystemExit(1)
-    if any(r.status == "interrupted" for r in results):
-        raise SystemExit(130)
+    if stop.requested:
+        raise SystemExit(stop.exit_code)
+    interrupted = [r for r in results if r.status == "interrupted"]
+    if interrupted:
+        raise SystemExit(128 + (interrupted[0].signal or 2))
 
 
-def _new_jobs(env: str, num_seeds: int, out_dir: Path, run_name: str | None, hyperparameters: dict[str, Any],
-              preset_name: str | None = None, given: set[str] = frozenset()) -> tuple[list[Any], Path]:
-    """Validate everything, check the disk, then create the run and seed folders.
+class CommandError(click.ClickException):
+    """One ``Error:`` line (no usage text) for a failure that is not a mistake in the options; exit code 2
+    unless another is given (``128 + signal`` for a stop before anything started)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class _Plan:
+    """What ``ppo train`` will do: the seed jobs, and the run folder to create (new runs) and lock."""
+
+    jobs: list[Any]
+    run_dir: Path
+    create: Callable[[], Path] | None = None  # a new run: makes the run folder and returns it
+    record: Callable[[Path], object] | None = None  # a new run: writes its run.json, once it is locked
+    lock_run: bool = True
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[Path]:
+        """Create the run folder, with the stop signals held back (a Ctrl-C cannot leave half a run),
+        and hold its lock until the block ends."""
+        from ppo_cli.files import FolderBusy, FolderLock
+        from ppo_cli.signals import signals_deferred
+
+        with contextlib.ExitStack() as held:
+            with signals_deferred():
+                if self.create is not None:
+                    self.run_dir = self.create()
+                    self.jobs = [dataclasses.replace(job, run_dir=self.run_dir / job.run_dir.name) for job in self.jobs]
+                if self.lock_run:
+                    try:
+                        held.enter_context(FolderLock(self.run_dir))
+                    except FolderBusy as exc:
+                        raise CommandError(str(exc)) from None
+                    except OSError as exc:
+                        raise CommandError(f"cannot write to {self.run_dir}: {exc.strerror or exc}") from None
+                try:
+                    if self.record is not None:
+                        self.record(self.run_dir)
+                    for job in self.jobs:
+                        job.run_dir.mkdir(exist_ok=True)  # new seeds, and seeds of a run.json that never started
+                except OSError as exc:
+                    raise CommandError(f"cannot write to {self.run_dir}: {exc.strerror or exc}") from None
+            yield self.run_dir
+
+
+def _new_run_plan(env: str, num_seeds: int, out_dir: Path, run_name: str | None, hyperparameters: dict[str, Any],
+                  preset_name: str | None = None, given: set[str] = frozenset()) -> _Plan:
+    """Validate everything and check the disk; the run folder is created when the plan is carried out.
 
     ``preset_name``'s values for the environment replace the defaults, except for the options in
     ``given`` (those typed on the command line).
@@ -190,6 +261,7 @@ def _new_jobs(env: str, num_seeds: int, out_dir: Path, run_name: str | None, hyp
     from ppo_cli.checkpoint import required_bytes
     from ppo_cli.envs import EnvError, check_backend, check_spaces, make_env, resolve_env_id
     from ppo_cli.launch import SeedJob
+    from ppo_cli.layout import env_folder, seed_folder, write_run
 
     try:
         env_id = resolve_env_id(env)
@@ -208,25 +280,25 @@ def _new_jobs(env: str, num_seeds: int, out_dir: Path, run_name: str | None, hyp
         chosen = {k: v for k, v in preset(preset_name, env_id).items() if k not in given}
         hyperparameters = {**hyperparameters, **chosen}
     config = build_config({"env_id": env_id, **hyperparameters})
+    env_dir = out_dir / env_folder(env_id)
+    _check_run_name(env_dir, run_name)
     _check_free_space(out_dir, num_seeds * required_bytes(config, spaces.obs_dim, spaces.act_dim), num_seeds)
-    run_dir = _make_run_dir(out_dir, env_id, run_name)
-    jobs = []
-    for k in range(num_seeds):
-        cfg = config.replace(seed=config.seed + k)
-        seed_dir = run_dir / f"seed_{cfg.seed}"
-        seed_dir.mkdir()
-        jobs.append(SeedJob(cfg, seed_dir))
-    return jobs, run_dir
+    configs = [config.replace(seed=config.seed + k) for k in range(num_seeds)]
+
+    return _Plan([SeedJob(c, seed_folder(env_dir, c.seed)) for c in configs], env_dir,
+                 create=lambda: _make_run_dir(out_dir, env_dir, run_name),
+                 record=lambda run_dir: write_run(run_dir, config, [c.seed for c in configs]))
 
 
-_RESUME_COMPANIONS = {"resume_from", "total_steps", "jobs", "quiet"}
+_RESUME_COMPANIONS = {"resume_from", "total_steps", "jobs", "quiet", "trust_env"}
 
 
-def _resume_jobs(ctx: click.Context, folder: Path, total_steps: int) -> list[Any]:
-    """One job per seed folder under ``folder`` whose checkpoint has steps left to train."""
-    from ppo_cli.checkpoint import CheckpointError, load_checkpoint, required_bytes
-    from ppo_cli.envs import EnvError, make_env
+def _resume_plan(ctx: click.Context, folder: Path, total_steps: int, trust_env: bool) -> _Plan:
+    """One job per seed of the run (or the one seed folder) with steps left to train."""
+    from ppo_cli.checkpoint import read_checkpoint, required_bytes
+    from ppo_cli.envs import EnvError, check_spaces, make_env, require_trusted
     from ppo_cli.launch import SeedJob
+    from ppo_cli.layout import LayoutError, is_seed_dir, plan_resume, run_folder_of
 
     given = [name for name in ctx.params
              if name not in _RESUME_COMPANIONS and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
@@ -234,42 +306,58 @@ def _resume_jobs(ctx: click.Context, folder: Path, total_steps: int) -> list[Any
         flags = {"num_seeds": "seeds", "out_dir": "out", "preset_name": "preset"}
         names = ", ".join("ENV" if n == "env" else _flag(flags.get(n, n)) for n in given)
         raise click.UsageError(f"--resume continues a run with its saved settings; drop {names} "
-                               f"(only --total-steps, --jobs and --quiet go with --resume)")
+                               f"(only --total-steps, --jobs, --quiet and --trust-env go with --resume)")
     extend = ctx.get_parameter_source("total_steps") == ParameterSource.COMMANDLINE
-    if (folder / "checkpoint.pt").is_file():
-        seed_dirs = [folder]
-    else:
-        seed_dirs = sorted((p.parent for p in folder.glob("seed_*/checkpoint.pt")),
-                           key=lambda p: (len(p.name), p.name))
-    if not seed_dirs:
-        raise click.BadParameter(f"{folder} is not a ppo run: no checkpoint.pt in it nor in seed_*/ below it",
-                                 param_hint="'--resume'")
+    _check_not_in_use(folder)
+    try:
+        seeds = plan_resume(folder, total_steps if extend else None, lambda p: read_checkpoint(p, resume=True))
+    except LayoutError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--total-steps'" if str(exc).startswith("--total-steps")
+                                 else "'--resume'") from None
     jobs, console, needed = [], Console(), 0
-    for seed_dir in seed_dirs:
-        try:
-            state = load_checkpoint(seed_dir / "checkpoint.pt")
-            config = Config.from_dict(state["config"])
-            done = int(state["global_step"])
-        except (CheckpointError, ConfigError, KeyError, TypeError, ValueError) as exc:
-            raise click.BadParameter(f"cannot resume {seed_dir}: {exc}", param_hint="'--resume'") from None
-        if extend:
-            if total_steps < done:
-                raise click.BadParameter(f"{total_steps} is below the {done:,} steps {seed_dir} already trained",
-                                         param_hint="'--total-steps'")
-            config = build_config({**config.to_dict(), "total_steps": total_steps})
-        if done >= config.num_iterations * config.batch_size:
-            console.print(f"{seed_dir}: already finished at step {done:,}; nothing to do "
+    for plan in seeds:
+        if plan.action == "finished":
+            console.print(f"{plan.seed_dir}: already finished at step {plan.steps_done:,}; nothing to do "
                           f"(a larger --total-steps extends it)", highlight=False, soft_wrap=True)
             continue
         try:
-            make_env(config.env_id).close()
+            require_trusted(plan.config.env_id, str(plan.seed_dir), trust_env)
+            probe = make_env(plan.config.env_id)
+            try:
+                spaces = check_spaces(probe, plan.config.env_id)
+            finally:
+                probe.close()
         except EnvError as exc:
-            raise click.BadParameter(f"cannot resume {seed_dir}: {exc}", param_hint="'--resume'") from None
-        spaces = state.get("spaces", {})
-        needed += required_bytes(config, int(spaces.get("obs_dim", 1)), int(spaces.get("act_dim", 1)))
-        jobs.append(SeedJob(config, seed_dir, resume=True))
+            raise click.BadParameter(f"cannot resume {plan.seed_dir}: {exc}", param_hint="'--resume'") from None
+        saved = (plan.state or {}).get("spaces")
+        if saved and (saved["obs_dim"], saved["act_dim"], saved["discrete"]) != (spaces.obs_dim, spaces.act_dim,
+                                                                                   spaces.discrete):
+            raise click.BadParameter(f"cannot resume {plan.seed_dir}: {plan.config.env_id} has {spaces.obs_dim} "
+                                     f"observations and {spaces.act_dim} actions here, the checkpoint "
+                                     f"{saved['obs_dim']} and {saved['act_dim']}", param_hint="'--resume'")
+        needed += required_bytes(plan.config, spaces.obs_dim, spaces.act_dim)
+        jobs.append(SeedJob(plan.config, plan.seed_dir, resume=plan.action == "resume"))
     _check_free_space(folder, needed, len(jobs))
-    return jobs
+    run_dir = folder if not is_seed_dir(folder) else run_folder_of(folder)
+    return _Plan(jobs, run_dir or folder, lock_run=run_dir is not None)
+
+
+def _check_not_in_use(folder: Path) -> None:
+    """Refuse to resume a run (or seed) folder that another process is writing, or that cannot be
+    written at all: one error before anything is read, planned or started."""
+    from ppo_cli.files import FolderBusy, FolderLock
+    from ppo_cli.layout import is_seed_dir, run_folder_of, seed_dirs
+
+    run_dir = folder if not is_seed_dir(folder) else run_folder_of(folder)
+    folders = ([run_dir] if run_dir is not None else []) + [d for d in seed_dirs(folder) if d.is_dir()]
+    for path in folders:
+        try:
+            with FolderLock(path):
+                pass
+        except FolderBusy as exc:
+            raise CommandError(str(exc)) from None
+        except OSError as exc:
+            raise click.BadParameter(f"cannot write to {path}: {exc.strerror or exc}", param_hint="'--resume'") from None
 
 
 def _check_free_space(folder: Path, needed: int, seeds: int) -> None:
@@ -288,17 +376,24 @@ def _check_free_space(folder: Path, needed: int, seeds: int) -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the first reset.")
 @click.option("--deterministic/--stochastic", default=True, show_default=True,
               help="Mean (or most likely) action, or sample from the policy.")
+@click.option("--env", "env_name", default=None,
+              help="Evaluate on this environment instead of the checkpoint's (an alias, Gymnasium id or "
+                   "'module:attr'; its observation and action sizes must be the policy's).")
+@click.option("--trust-env", is_flag=True,
+              help="Build a 'module:attr' environment named by the checkpoint (that runs its code; without "
+                   "this flag, or --env, such a checkpoint is refused).")
 @click.option("--render", is_flag=True,
               help="Show a live window; without a display, write a video next to the checkpoint.")
 @click.option("--video", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write a video of the evaluation to this .mp4 or .gif file.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Video frame rate [default: the environment's render_fps].")
+@click.option("--fps", type=FiniteFloatRange(min=0.1, max=1000), default=None,
+              help="Video frame rate, 0.1-1000 [default: the environment's render_fps].")
 @click.option("--frames", type=click.IntRange(min=1), default=None,
               help="Record at most this many frames [default: the whole first episode].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of tables.")
-def eval_command(checkpoint: Path, episodes: int, seed: int, deterministic: bool, render: bool, video: Path | None,
-                 fps: float | None, frames: int | None, as_json: bool) -> None:
+def eval_command(checkpoint: Path, episodes: int, seed: int, deterministic: bool, env_name: str | None,
+                 trust_env: bool, render: bool, video: Path | None, fps: float | None, frames: int | None,
+                 as_json: bool) -> None:
     """Evaluate CHECKPOINT with its own observation statistics and report raw returns.
 
     CHECKPOINT is a checkpoint.pt, a seed folder holding one, or a run folder (every seed_*/ in it).
@@ -311,57 +406,108 @@ def eval_command(checkpoint: Path, episodes: int, seed: int, deterministic: bool
     """
     import json
 
-    from ppo_cli.checkpoint import CheckpointError
-    from ppo_cli.envs import EnvError, make_env
-    from ppo_cli.evaluate import evaluate, find_checkpoints, load_agent, save_result
-    from ppo_cli.render import RenderError, VideoWriter, check_video_path, has_display, use_offscreen_backend
+    from ppo_cli.render import RenderError, has_display, use_offscreen_backend
 
-    try:
-        paths = find_checkpoints(checkpoint)
-        loaded = [load_agent(p) for p in paths]
-    except CheckpointError as exc:
-        raise click.BadParameter(str(exc), param_hint="'CHECKPOINT'") from None
-    if video is not None:
-        if len(paths) > 1:
-            raise click.UsageError(f"--video needs one checkpoint, {checkpoint} holds {len(paths)}; "
-                                   f"pass a seed folder, or use --render to write one video per seed")
-        try:
-            check_video_path(video)
-        except RenderError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--video'") from None
+    paths, states, env_ids = _eval_inputs(checkpoint, env_name, trust_env)
+    _check_eval_outputs(paths, video)
     render_mode = None
     if video is not None or render:
         live = render and video is None and has_display()
         if not live:
             try:
-                use_offscreen_backend()
+                use_offscreen_backend()  # before any environment is built
             except RenderError as exc:
                 raise click.UsageError(str(exc)) from None
         render_mode = "human" if live else "rgb_array"
-    for agent in {a.config.env_id: a for a in loaded}.values():
-        try:
-            make_env(agent.config.env_id, render_mode=render_mode).close()
-        except EnvError as exc:
-            raise click.BadParameter(f"the checkpoint's environment cannot be built here: {exc}",
-                                     param_hint="'CHECKPOINT'") from None
+    from ppo_cli.evaluate import evaluate, load_agent, save_result
+    from ppo_cli.render import VideoWriter
 
+    loaded = [load_agent(p, state) for p, state in zip(paths, states)]
+    _check_eval_envs(loaded, env_ids, render_mode)
     console = Console()
     results = []
-    for path, agent in zip(paths, loaded):
-        writer = None
-        if render_mode == "rgb_array":
-            writer = VideoWriter(video or path.parent / "eval.mp4", fps, frames)
+    for path, agent, env_id in zip(paths, loaded, env_ids):
+        writer = VideoWriter(video or path.parent / "eval.mp4", fps, frames) if render_mode == "rgb_array" else None
         try:
-            result = evaluate(path, agent, episodes, seed, deterministic, render_mode, writer)
+            result = evaluate(path, agent, episodes, seed, deterministic, render_mode, writer, env_id)
+            save_result(result)
         except RenderError as exc:
-            raise click.ClickException(str(exc)) from None
-        save_result(result)
+            raise CommandError(str(exc)) from None
+        except OSError as exc:
+            raise CommandError(f"could not write the result next to {path}: {exc.strerror or exc}") from None
         results.append(result)
         if not as_json:
             _print_eval(console, result)
     if as_json:
         payload = [r.to_dict() for r in results]
         click.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+
+
+def _eval_inputs(checkpoint: Path, env_name: str | None, trust_env: bool) -> tuple[list[Path], list[Any], list[str]]:
+    """The checkpoints of CHECKPOINT, read and checked, and the environment to evaluate each on."""
+    from ppo_cli.checkpoint import CheckpointError, read_checkpoint
+    from ppo_cli.envs import EnvError, require_trusted, resolve_env_id
+    from ppo_cli.layout import LayoutError, checkpoint_files
+
+    try:
+        paths = checkpoint_files(checkpoint)
+        states = [read_checkpoint(p) for p in paths]
+    except (CheckpointError, LayoutError) as exc:
+        raise click.BadParameter(str(exc), param_hint="'CHECKPOINT'") from None
+    if env_name is not None:
+        try:
+            return paths, states, [resolve_env_id(env_name)] * len(paths)  # typed by the user: theirs to run
+        except EnvError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--env'") from None
+    env_ids = [state["config"]["env_id"] for state in states]
+    for path, env_id in zip(paths, env_ids):
+        try:
+            require_trusted(env_id, str(path), trust_env, env_option=True)
+        except EnvError as exc:
+            raise click.BadParameter(str(exc), param_hint="'CHECKPOINT'") from None
+    return paths, states, env_ids
+
+
+def _check_eval_outputs(paths: list[Path], video: Path | None) -> None:
+    """Refuse, before evaluating, what could not be written: eval.json beside each checkpoint, the video."""
+    from ppo_cli.files import check_writable
+    from ppo_cli.render import RenderError, check_video_path
+
+    if video is not None:
+        if len(paths) > 1:
+            raise click.UsageError(f"--video needs one checkpoint, the folder holds {len(paths)}; "
+                                   f"pass a seed folder, or use --render to write one video per seed")
+        try:
+            check_video_path(video)
+        except RenderError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--video'") from None
+    for folder in dict.fromkeys([p.parent for p in paths] + ([video.parent] if video is not None else [])):
+        try:
+            check_writable(folder)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot write the evaluation's files to {folder}: {exc.strerror or exc}",
+                                     param_hint="'--video'" if video is not None and folder == video.parent
+                                     else "'CHECKPOINT'") from None
+
+
+def _check_eval_envs(loaded: list[Any], env_ids: list[str], render_mode: str | None) -> None:
+    """Build each environment once: it must exist here and fit every policy evaluated on it."""
+    from ppo_cli.envs import EnvError, make_env
+    from ppo_cli.evaluate import check_env_fits
+
+    for env_id in dict.fromkeys(env_ids):
+        try:
+            env = make_env(env_id, render_mode=render_mode)
+        except EnvError as exc:
+            raise click.BadParameter(f"the checkpoint's environment cannot be built here: {exc}",
+                                     param_hint="'CHECKPOINT'") from None
+        try:
+            for agent in (a for a, e in zip(loaded, env_ids) if e == env_id):
+                check_env_fits(agent, env, env_id)
+        except EnvError as exc:
+            raise click.BadParameter(str(exc), param_hint="'CHECKPOINT'") from None
+        finally:
+            env.close()
 
 
 def _print_eval(console: Console, result: Any) -> None:
@@ -393,13 +539,14 @@ def _print_eval(console: Console, result: Any) -> None:
               help="x axis: environment steps (global_step) or wall-clock time (time_s).")
 @click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default=None,
               help="Figure format [default: the suffix of --out, else png].")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Figure file, or a folder for it [default: FOLDER/plots/learning_curves.FORMAT]; "
-                   "summary.csv is written beside it.")
+@click.option("--out", type=str, default=None,
+              help="Figure file (.png, .pdf, .svg), or a folder for it (an existing folder, a name ending in "
+                   "'/' or without a suffix) [default: FOLDER/plots/learning_curves.FORMAT]; summary.csv is "
+                   "written beside it.")
 @click.option("--eval", "with_eval", is_flag=True,
               help="Add the results of `ppo eval` (eval.json next to each final checkpoint) to the summary.")
 def plot(folders: tuple[Path, ...], metrics: str | None, smooth: int, x_axis: str, fmt: str | None,
-         out: Path | None, with_eval: bool) -> None:
+         out: str | None, with_eval: bool) -> None:
     """Plot learning curves and diagnostics across seeds; summarise final returns.
 
     Reads every progress.csv (and episodes.csv) below the folders. The figure has one row per
@@ -436,22 +583,35 @@ def plot(folders: tuple[Path, ...], metrics: str | None, smooth: int, x_axis: st
     console.print(f"summary: {result.summary_path}", highlight=False, soft_wrap=True)
 
 
-def _plot_path(folder: Path, out: Path | None, fmt: str | None) -> Path:
-    """The figure file from ``--out`` and ``--format`` (default ``FOLDER/plots/learning_curves.png``)."""
+def _plot_path(folder: Path, out: str | None, fmt: str | None) -> Path:
+    """The figure file from ``--out`` and ``--format`` (default ``FOLDER/plots/learning_curves.png``).
+
+    ``--out`` names a folder (created if needed) when it is one, ends in ``/`` or has no suffix;
+    otherwise a figure file, whose suffix must be a figure format. Something that exists and is
+    neither a folder nor a regular file (``/dev/full``) is refused.
+    """
     from ppo_cli.plots import DEFAULT_FIGURE, FORMATS
 
-    if out is None or out.is_dir():
-        return (folder / "plots" if out is None else out) / f"{DEFAULT_FIGURE}.{fmt or 'png'}"
-    suffix = out.suffix.lower().removeprefix(".")
-    if not suffix:
-        return out.with_name(f"{out.name}.{fmt or 'png'}")
+    if out is None:
+        return folder / "plots" / f"{DEFAULT_FIGURE}.{fmt or 'png'}"
+    path = Path(out)
+    if not out.strip():
+        raise click.BadParameter("give a figure file or a folder", param_hint="'--out'")
+    if path.exists() and not (path.is_dir() or path.is_file()):
+        raise click.BadParameter(f"{out} is neither a folder nor a regular file", param_hint="'--out'")
+    suffix = path.suffix.lower().removeprefix(".")
+    if path.is_dir() or out.endswith(("/", os.sep)) or not suffix:
+        if path.is_file():
+            raise click.BadParameter(f"{out} is a file without a figure suffix; give a folder or a .png, .pdf "
+                                     f"or .svg file", param_hint="'--out'")
+        return path / f"{DEFAULT_FIGURE}.{fmt or 'png'}"
     if suffix not in FORMATS:
         raise click.BadParameter(f"{out}: the figure file must end in {', '.join('.' + f for f in FORMATS)}",
                                  param_hint="'--out'")
     if fmt is not None and fmt != suffix:
         raise click.UsageError(f"--format {fmt} and --out {out} disagree; drop --format or use "
-                               f"--out {out.with_suffix('.' + fmt)}")
-    return out
+                               f"--out {path.with_suffix('.' + fmt)}")
+    return path
 
 
 def _print_plot_summary(console: Console, summary: Any) -> None:
@@ -486,33 +646,63 @@ def _print_plot_summary(console: Console, summary: Any) -> None:
         console.print(table)
 
 
-def _make_run_dir(out_dir: Path, env_id: str, run_name: str | None) -> Path:
-    """Create ``OUT/<env id>/<run name>`` without ever reusing an existing folder."""
-    env_dir = out_dir / re.sub(r"[^A-Za-z0-9._-]+", "_", env_id)
+def _check_run_name(env_dir: Path, run_name: str | None) -> None:
+    """Refuse a ``--run-name`` that cannot be a new folder under ``env_dir``, before anything is created."""
+    if run_name is None:
+        return
+    if not run_name or "/" in run_name or "\0" in run_name or run_name in {".", ".."}:
+        raise click.BadParameter(f"{run_name!r} is not a folder name", param_hint="'--run-name'")
+    existing = env_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        env_dir.mkdir(parents=True, exist_ok=True)
-        probe = env_dir / f".ppo-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise click.BadParameter(f"cannot write to {out_dir}: {exc.strerror or exc}", param_hint="'--out'") from None
-    if run_name is not None:
-        if not run_name or "/" in run_name or run_name in {".", ".."}:
-            raise click.BadParameter(f"{run_name!r} is not a folder name", param_hint="'--run-name'")
-        run_dir = env_dir / run_name
-        if run_dir.exists():
-            raise click.UsageError(f"--run-name {run_name}: {run_dir} already exists; choose another name "
-                                   f"or remove it")
-        run_dir.mkdir()
-        return run_dir
-    for k in range(1, 10_000):
-        run_dir = env_dir / (DEFAULT_RUN_NAME if k == 1 else f"{DEFAULT_RUN_NAME}-{k}")
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(os.fsencode(run_name)) > limit:
+        raise click.BadParameter(f"{run_name[:40]}... is {len(os.fsencode(run_name))} bytes long; folder names "
+                                 f"here can have at most {limit}", param_hint="'--run-name'")
+    if (env_dir / run_name).exists():
+        raise click.UsageError(f"--run-name {run_name}: {env_dir / run_name} already exists; choose another name "
+                               f"or remove it")
+
+
+def _make_run_dir(out_dir: Path, env_dir: Path, run_name: str | None) -> Path:
+    """Create ``OUT/<env folder>/<run name>`` without ever reusing an existing folder (``mkdir`` either
+    creates it or fails, so two processes can never get the same one); on failure, remove the
+    folders this call created."""
+    from ppo_cli.files import check_writable
+
+    created = [p for p in (env_dir, *env_dir.parents) if not p.exists()]
+    try:
         try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            continue
-    raise click.UsageError(f"no free run name under {env_dir}; pass --run-name")
+            env_dir.mkdir(parents=True, exist_ok=True)
+            check_writable(env_dir)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot write to {out_dir}: {exc.strerror or exc}", param_hint="'--out'") from None
+        if run_name is not None:
+            try:
+                (env_dir / run_name).mkdir()
+            except FileExistsError:
+                raise click.UsageError(f"--run-name {run_name}: {env_dir / run_name} already exists; choose another "
+                                       f"name or remove it") from None
+            except OSError as exc:
+                raise click.BadParameter(f"cannot create {env_dir / run_name}: {exc.strerror or exc}",
+                                         param_hint="'--run-name'") from None
+            return env_dir / run_name
+        for k in range(1, 10_000):
+            run_dir = env_dir / (DEFAULT_RUN_NAME if k == 1 else f"{DEFAULT_RUN_NAME}-{k}")
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                continue
+        raise click.UsageError(f"no free run name under {env_dir}; pass --run-name")
+    except click.ClickException:
+        for folder in created:  # innermost first; only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def _fmt(value: float | None, spec: str = ".1f") -> str:
@@ -587,4 +777,14 @@ def _print_summary(console: Console, results: list[Any]) -> None:
 
 
 def main() -> None:
-    cli(prog_name="ppo")
+    """The console script. Unlike click's default, a Ctrl-C that reaches the top (a second one while
+    a command checks its input) exits with 130, as a shell expects."""
+    try:
+        code = cli.main(prog_name="ppo", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        raise SystemExit(130) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

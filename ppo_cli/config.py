@@ -73,6 +73,9 @@ class Config:
     reward_clip: float = _opt(10.0, "Clip bound of normalised rewards.")
     hidden_sizes: tuple[int, ...] = _opt((64, 64), "Hidden layer widths of both MLPs (tanh), e.g. 64,64.")
     checkpoint_interval: int = _opt(10, "Write checkpoint.pt every this many iterations (and at the end).")
+    step_timeout: float | None = _opt(
+        None, "Fail the seed when one environment step takes longer than this many seconds (off if unset)."
+    )
     backend: str = field(default="gymnasium", metadata={
         "help": "Environment stepping: gymnasium (any environment, one loop) or envpool (C++ worker "
                 "threads; MuJoCo and classic tasks it lists; pip install -e '.[fast]').",
@@ -130,8 +133,10 @@ class Config:
                 raise ConfigError(name, f"{name} must be in (0, 1], got {value}")
         if self.dual_clip is not None and not (math.isfinite(self.dual_clip) and self.dual_clip > 1):
             raise ConfigError("dual_clip", f"dual_clip must be > 1 (e.g. 3), got {self.dual_clip}")
-        if self.target_kl is not None and not (math.isfinite(self.target_kl) and self.target_kl > 0):
-            raise ConfigError("target_kl", f"target_kl must be a positive number, got {self.target_kl}")
+        for name in ("target_kl", "step_timeout"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(name, f"{name} must be a positive number, got {value}")
         if self.batch_size % self.num_minibatches:
             divisors = [d for d in (64, 32, 16, 8, 4, 2, 1) if self.batch_size % d == 0]
             raise ConfigError(

@@ -34,49 +34,85 @@ class CsvLog:
     """Append rows to a CSV file with a fixed header; every row reaches the disk before returning.
 
     A new log starts the file. With ``keep_until_step`` (resuming), the existing file is kept up to
-    that ``global_step`` (the first column): later rows and a half-written last line are dropped,
-    the file is rewritten atomically, and new rows are appended.
+    that ``global_step`` (the first column): every valid row at or before it stays, in order;
+    rows after it, a half-written last line and damaged lines are dropped (``dropped`` counts the
+    damaged ones, so the caller can say so); the file is rewritten atomically and new rows are
+    appended.
     """
 
     def __init__(self, path: Path, columns: tuple[str, ...], keep_until_step: int | None = None) -> None:
         self.path = Path(path)
         self.columns = columns
+        self.dropped: list[int] = []  # line numbers (1-based) of damaged lines dropped on resume
         if keep_until_step is None:
             self._file = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
             self._writer = csv.writer(self._file, lineterminator="\n")
             self._writer.writerow(columns)
         else:
-            _truncate(self.path, columns, keep_until_step)
+            self.dropped = _truncate(self.path, columns, keep_until_step)
             self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
             self._writer = csv.writer(self._file, lineterminator="\n")
         self._file.flush()
 
     def write(self, row: Mapping[str, Any]) -> None:
-        self._writer.writerow([_cell(row.get(c)) for c in self.columns])
-        self._file.flush()
+        try:
+            self._writer.writerow([_cell(row.get(c)) for c in self.columns])
+            self._file.flush()
+        except OSError as exc:  # name the file: a full disk says only "No space left on device"
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
 
     def write_many(self, rows: list[tuple[Any, ...]]) -> None:
         """Rows given as tuples in column order."""
-        self._writer.writerows(rows)
-        self._file.flush()
+        try:
+            self._writer.writerows(rows)
+            self._file.flush()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
 
     def close(self) -> None:
         self._file.close()
 
 
-def _truncate(path: Path, columns: tuple[str, ...], max_step: int) -> None:
-    """Keep the header and the complete rows with ``global_step <= max_step``; replace the file."""
+def _number(cell: str) -> bool:
+    if cell == "":
+        return True
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def valid_row(line: str, width: int) -> bool:
+    """Whether ``line`` (with its line end) is a complete row of ``width`` numeric-or-empty cells
+    whose first cell, the ``global_step``, is a non-negative integer."""
+    if not line.endswith("\n") or "\x00" in line:
+        return False
+    cells = next(csv.reader([line.rstrip("\r\n")]), [])
+    return len(cells) == width and cells[0].isdigit() and all(_number(c) for c in cells[1:])
+
+
+def _truncate(path: Path, columns: tuple[str, ...], max_step: int) -> list[int]:
+    """Keep the header and every valid row with ``global_step <= max_step``; replace the file.
+
+    Returns the line numbers of the damaged lines dropped. An unfinished last line (no line end:
+    the row being written when the process was killed) is not counted: the resume writes it again.
+    """
     header = ",".join(columns) + "\n"
-    text = path.read_text(encoding="utf-8") if path.exists() else header
-    lines = text.splitlines(keepends=True)
-    if not lines or lines[0].replace("\r\n", "\n") != header:
-        raise ValueError(f"{path} does not start with the expected header")
-    kept = [header]
-    for line in lines[1:]:
-        if not line.endswith("\n"):
-            break  # a row cut off by a hard kill
-        step = line.split(",", 1)[0]
-        if not step.isdigit() or int(step) > max_step:
-            break
-        kept.append(line.replace("\r\n", "\n"))
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        text = header
+    lines = [line + "\n" for line in text.split("\n")]
+    lines.pop()  # what follows the last line end: nothing, or an unfinished row (dropped, not counted)
+    kept, dropped = [header], []
+    for number, line in enumerate(lines, start=1):
+        if number == 1 and line.replace("\r\n", "\n") == header:
+            continue
+        if valid_row(line, len(columns)):
+            if int(line.split(",", 1)[0]) <= max_step:
+                kept.append(line.replace("\r\n", "\n"))
+        else:
+            dropped.append(number)
     atomic_write_text(path, "".join(kept))
+    return dropped

@@ -3,6 +3,12 @@
 Names: an alias (``hopper`` -> the newest registered ``Hopper-v*``), any registered Gymnasium id
 (``Hopper-v4``), or ``package.module:attr`` naming an environment class or factory of the user's.
 
+Trust: building a ``module:attr`` environment imports that module and calls that attribute, which
+runs its code. A name the user types is theirs to run; a name read from a file (a checkpoint,
+``config.json``, ``run.json``) is refused by :func:`require_trusted` unless the user confirms it
+(``--trust-env``, or by naming the environment themselves), so loading a checkpoint someone sent
+never runs code. Registered Gymnasium ids (no ``:``) are built from Gymnasium's registry only.
+
 Stepping: :class:`EnvBatch` holds ``num_envs`` environments and steps them in one Python loop.
 The stack it builds, in order, from inside out:
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 import copy
 import difflib
 import importlib
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +75,26 @@ class EnvError(ValueError):
     """An environment that cannot be found, imported or trained on."""
 
 
+class UntrustedEnv(EnvError):
+    """A ``module:attr`` environment named by a file, which the user has not confirmed."""
+
+
+def is_entry_point(env_id: str) -> bool:
+    """Whether ``env_id`` names Python code to import (``module:attr``) rather than a registered id."""
+    return ":" in env_id
+
+
+def require_trusted(env_id: str, source: str, trusted: bool = False, env_option: bool = False) -> None:
+    """Raise :class:`UntrustedEnv` when ``env_id``, read from ``source``, is an entry point the user has
+    not confirmed (``trusted``); registered Gymnasium ids always pass. ``env_option``: the command
+    also takes ``--env``, which the message then mentions."""
+    if trusted or not is_entry_point(env_id):
+        return
+    also = f" (or name it yourself: --env {env_id})" if env_option else ""
+    raise UntrustedEnv(f"{source} names the environment {env_id!r}, a Python entry point: building it would "
+                       f"import and run that code. If you trust it, pass --trust-env{also}")
+
+
 def alias_table() -> list[tuple[str, str]]:
     """``(alias, resolved id)`` pairs; the id is ``-`` where the environment is not registered."""
     rows = []
@@ -103,6 +130,8 @@ def _load_entry_point(spec: str) -> Any:
         raise EnvError(f"{spec!r} is not of the form 'package.module:attr'")
     try:
         module = importlib.import_module(module_name)
+    except SystemExit as exc:
+        raise EnvError(f"importing module {module_name!r} of {spec!r} called sys.exit({exc.code!r})") from None
     except Exception as exc:  # an import can fail in any way; report it in one line
         raise EnvError(f"cannot import module {module_name!r} of {spec!r}: {type(exc).__name__}: {exc}") from exc
     try:
@@ -111,8 +140,9 @@ def _load_entry_point(spec: str) -> Any:
             target = getattr(target, part)
     except AttributeError:
         raise EnvError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not callable(target):
-        raise EnvError(f"{spec!r} is not a class or factory (got {type(target).__name__})")
+    if inspect.isbuiltin(target) or not callable(target):
+        kind = "a built-in function" if inspect.isbuiltin(target) else type(target).__name__
+        raise EnvError(f"{spec!r} is not a class or factory (got {kind})")
     return target
 
 
@@ -122,6 +152,8 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         factory = _load_entry_point(env_id)
         try:
             env = factory(render_mode=render_mode) if render_mode else factory()
+        except SystemExit as exc:
+            raise EnvError(f"{env_id!r} called sys.exit({exc.code!r}) instead of returning an environment") from None
         except Exception as exc:
             raise EnvError(f"{env_id!r} failed to build an environment: {type(exc).__name__}: {exc}") from exc
         if not isinstance(env, gym.Env):
@@ -129,10 +161,10 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         return env
     try:
         return gym.make(env_id, render_mode=render_mode)
-    except gym.error.Error as exc:
+    except (gym.error.Error, ImportError) as exc:  # not registered; a missing extra (Box2D, MuJoCo)
         raise EnvError(f"cannot make {env_id!r}: {exc}") from exc
-    except ImportError as exc:  # e.g. a Box2D task without the box2d extra
-        raise EnvError(f"cannot make {env_id!r}: {exc}") from exc
+    except Exception as exc:  # a registered environment that fails to build here (versions that clash)
+        raise EnvError(f"cannot make {env_id!r}: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,13 @@ from typing import Any
 import numpy as np
 
 from ppo_cli.agent import ActorCritic, RolloutPolicy
-from ppo_cli.checkpoint import CheckpointError, load_checkpoint, to_numpy
+from ppo_cli.checkpoint import CheckpointError, check_contents, read_checkpoint, to_numpy
 from ppo_cli.config import Config, ConfigError
-from ppo_cli.envs import check_spaces, make_env
+from ppo_cli.envs import EnvError, check_spaces, make_env
 from ppo_cli.files import atomic_write_text
+from ppo_cli.layout import EVAL_FILE
 from ppo_cli.render import VideoWriter
 from ppo_cli.wrappers import ObservationNormalizer
-
-EVAL_FILE = "eval.json"  # written next to the evaluated checkpoint
-
 
 @dataclass
 class EvalResult:
@@ -58,32 +56,16 @@ class LoadedAgent:
     policy: RolloutPolicy
     obs_filter: ObservationNormalizer
     global_step: int
+    spaces: dict[str, Any]
 
 
-def find_checkpoints(path: Path) -> list[Path]:
-    """A checkpoint file; a seed folder holding ``checkpoint.pt``; or a run folder of ``seed_*`` folders."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if (path / "checkpoint.pt").is_file():
-        return [path / "checkpoint.pt"]
-    found = sorted(path.glob("seed_*/checkpoint.pt"), key=lambda p: _seed_number(p.parent.name))
-    if not found:
-        raise CheckpointError(f"{path} holds no checkpoint.pt (nor seed_*/checkpoint.pt)")
-    return found
-
-
-def _seed_number(name: str) -> int:
-    suffix = name.removeprefix("seed_")
-    return int(suffix) if suffix.isdigit() else 1 << 30
-
-
-def load_agent(path: Path) -> LoadedAgent:
-    """Load a checkpoint (weights only) into a frozen observation filter and a rollout policy."""
-    state = load_checkpoint(path)
+def load_agent(path: Path, state: dict[str, Any] | None = None) -> LoadedAgent:
+    """Load a checkpoint (weights only, contents checked before anything is built) into a frozen
+    observation filter and a rollout policy. ``state``: the checkpoint already read."""
+    state = read_checkpoint(path) if state is None else state
+    config = check_contents(state, Path(path))
+    spaces = state["spaces"]
     try:
-        config = Config.from_dict(state["config"])
-        spaces = state["spaces"]
         agent = ActorCritic(spaces["obs_dim"], spaces["act_dim"], config.hidden_sizes, spaces["discrete"])
         agent.load_state_dict(state["model"])
         obs_filter = ObservationNormalizer((spaces["obs_dim"],), config.obs_clip, enabled=config.norm_obs,
@@ -91,7 +73,18 @@ def load_agent(path: Path) -> LoadedAgent:
         obs_filter.load_state_dict(to_numpy(state["obs_rms"]))
     except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as exc:
         raise CheckpointError(f"{path} is a damaged ppo checkpoint ({type(exc).__name__}: {exc})") from None
-    return LoadedAgent(config, RolloutPolicy(agent), obs_filter, int(state["global_step"]))
+    return LoadedAgent(config, RolloutPolicy(agent), obs_filter, int(state["global_step"]), dict(spaces))
+
+
+def check_env_fits(loaded: LoadedAgent, env: Any, env_id: str) -> None:
+    """Raise :class:`~ppo_cli.envs.EnvError` unless ``env``'s spaces are those the policy was trained on."""
+    have = check_spaces(env, env_id)
+    want = loaded.spaces
+    if (have.obs_dim, have.act_dim, have.discrete) != (want["obs_dim"], want["act_dim"], want["discrete"]):
+        kind = lambda discrete: "discrete" if discrete else "continuous"  # noqa: E731
+        raise EnvError(f"{env_id} has {have.obs_dim} observations and {have.act_dim} {kind(have.discrete)} "
+                       f"actions; the policy was trained on {want['obs_dim']} and {want['act_dim']} "
+                       f"{kind(want['discrete'])}")
 
 
 def run_episodes(env: Any, policy: RolloutPolicy, obs_filter: ObservationNormalizer, episodes: int, seed: int,
@@ -134,18 +127,21 @@ def run_episodes(env: Any, policy: RolloutPolicy, obs_filter: ObservationNormali
 
 
 def evaluate(checkpoint: Path, loaded: LoadedAgent, episodes: int = 10, seed: int = 0, deterministic: bool = True,
-             render_mode: str | None = None, video: VideoWriter | None = None) -> EvalResult:
-    """Evaluate a loaded checkpoint; with ``video`` the frames are written to ``video.path``."""
-    env = make_env(loaded.config.env_id, render_mode=render_mode)
+             render_mode: str | None = None, video: VideoWriter | None = None, env_id: str | None = None
+             ) -> EvalResult:
+    """Evaluate a loaded checkpoint on its environment (or ``env_id``, whose spaces must fit); with
+    ``video`` the frames are written to ``video.path``."""
+    env_id = env_id or loaded.config.env_id
+    env = make_env(env_id, render_mode=render_mode)
     try:
+        check_env_fits(loaded, env, env_id)
         if video is not None and video.fps is None:
             video.fps = float(env.metadata.get("render_fps") or 30)
         returns, lengths = run_episodes(env, loaded.policy, loaded.obs_filter, episodes, seed, deterministic, video)
     finally:
         env.close()
     written = str(video.write()) if video is not None else None
-    return EvalResult(str(checkpoint), loaded.config.env_id, loaded.global_step, seed, deterministic, returns,
-                      lengths, written)
+    return EvalResult(str(checkpoint), env_id, loaded.global_step, seed, deterministic, returns, lengths, written)
 
 
 def save_result(result: EvalResult) -> Path:

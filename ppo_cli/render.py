@@ -1,9 +1,11 @@
 """Choosing a renderer and writing videos.
 
-MuJoCo picks its OpenGL backend from ``MUJOCO_GL`` when ``mujoco`` is first imported, so the choice
-is made before any environment is built: a live window where a display exists, otherwise an
-off-screen context, EGL first and OSMesa second, each probed in a short subprocess so that a
-failing driver cannot break this process.
+The choice is made before any environment is built: a live window where a display exists,
+otherwise an off-screen context, EGL first and OSMesa second, each probed in a short subprocess
+so that a failing driver cannot break this process. The choice is handed on through
+``MUJOCO_GL`` and ``PYOPENGL_PLATFORM``, which Gymnasium's MuJoCo renderer reads when it creates
+its context (so ``mujoco`` itself may already be imported) and PyOpenGL reads when it is first
+imported (so it must not be yet, unless for the same platform). Users never need to set them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from ppo_cli.files import atomic_path
 
 OFFSCREEN_BACKENDS = ("egl", "osmesa")
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -51,13 +55,13 @@ def use_offscreen_backend() -> str:
     otherwise EGL, then OSMesa, is probed.
     """
     current = os.environ.get("MUJOCO_GL", "").lower()
-    if current in OFFSCREEN_BACKENDS:
-        candidates = (current,)
-    elif "mujoco" in sys.modules:
-        raise RenderError(f"mujoco was already imported with MUJOCO_GL={current or 'unset'}; "
-                          f"set MUJOCO_GL=egl (or osmesa) before starting")
-    else:
-        candidates = OFFSCREEN_BACKENDS
+    candidates = (current,) if current in OFFSCREEN_BACKENDS else OFFSCREEN_BACKENDS
+    if "OpenGL" in sys.modules:  # PyOpenGL fixed its platform when it was imported
+        loaded = os.environ.get("PYOPENGL_PLATFORM", "").lower()
+        candidates = tuple(c for c in candidates if c == loaded)
+        if not candidates:
+            raise RenderError(f"PyOpenGL was already loaded for platform {loaded or 'default'} in this process; "
+                              f"start a new process (or set MUJOCO_GL=egl before starting)")
     for backend in candidates:
         if probe_backend(backend):
             os.environ.update(_backend_env(backend))
@@ -98,20 +102,20 @@ class VideoWriter:
             self.frames.append(np.asarray(frame, dtype=np.uint8))
 
     def write(self) -> Path:
-        """Write the collected frames to a temporary file, then rename it into place."""
+        """Write the collected frames to a temporary file, sync it and rename it into place."""
         import imageio.v3 as iio
 
         if not self.frames:
             raise RenderError("no frames were rendered")
-        tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
         try:
-            if self.path.suffix.lower() == ".gif":
-                iio.imwrite(tmp, np.stack(self.frames), duration=1000.0 / self.fps, loop=0)
-            else:
-                iio.imwrite(tmp, np.stack(self.frames), fps=self.fps, codec="libx264",
-                            macro_block_size=1, plugin="FFMPEG")
-            os.replace(tmp, self.path)
-        except Exception as exc:
-            tmp.unlink(missing_ok=True)
-            raise RenderError(f"could not write {self.path}: {type(exc).__name__}: {exc}") from exc
+            with atomic_path(self.path) as tmp:
+                if self.path.suffix.lower() == ".gif":
+                    iio.imwrite(tmp, np.stack(self.frames), duration=1000.0 / self.fps, loop=0)
+                else:
+                    iio.imwrite(tmp, np.stack(self.frames), fps=self.fps, codec="libx264",
+                                macro_block_size=1, plugin="FFMPEG")
+        except OSError as exc:
+            raise RenderError(f"could not write {self.path}: {exc.strerror or exc}") from None
+        except Exception as exc:  # imageio and ffmpeg report failures with many exception types
+            raise RenderError(f"could not write {self.path}: {type(exc).__name__}: {exc}") from None
         return self.path

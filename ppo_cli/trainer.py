@@ -18,34 +18,45 @@ Decisions, stated once (the README repeats them):
 * Update: see :mod:`ppo_cli.update` (epochs, minibatches, KL early stop); global grad-norm clip
   and Adam (eps 1e-5) in :mod:`ppo_cli.optim`; learning rate annealed linearly from ``lr`` to 0
   over the run (``--anneal-lr``).
-* Checkpoints hold the state at the end of an iteration; on Ctrl-C the state of the last finished
-  iteration is written. A non-finite loss or parameter stops the run, keeping the last good state.
+* Checkpoints hold the state at the end of an iteration. On a stop request (Ctrl-C, SIGTERM,
+  SIGHUP; :mod:`ppo_cli.signals`) the state of the last finished iteration is written. A
+  non-finite loss or parameter, a full disk or an environment step past ``--step-timeout`` fails
+  the seed, keeping the last good state (and the rows written).
+* The seed folder is locked (:class:`~ppo_cli.files.FolderLock`) for the whole run: a second
+  process cannot write into it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import functools
 import logging
 import math
-import signal
-import threading
+import multiprocessing
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
 from ppo_cli.agent import ActorCritic, RolloutPolicy
-from ppo_cli.checkpoint import load_checkpoint, package_versions, save_checkpoint, to_numpy, to_tensors
+from ppo_cli.checkpoint import (CheckpointError, package_versions, read_checkpoint, save_checkpoint, to_numpy,
+                                to_tensors)
 from ppo_cli.config import Config
 from ppo_cli.diagnostics import EPISODE_COLUMNS, PROGRESS_COLUMNS, CsvLog
 from ppo_cli.envs import EnvBatch, EnvPoolBatch, EnvSpaces, make_env_batch
+from ppo_cli.files import FolderLock, atomic_write_text, remove_stale_temporaries
+from ppo_cli.layout import CHECKPOINT_FILE, CONFIG_FILE, EPISODES_FILE, ERROR_FILE, PROGRESS_FILE
 from ppo_cli.optim import make_optimizer, set_learning_rate
 from ppo_cli.rollout import RolloutStorage, explained_variance
+from ppo_cli.signals import StepTimeout, StepWatchdog, StopRequest
 from ppo_cli.update import LossFn, UpdateStats, flat_f32, make_loss_fn, ppo_update, recompute_advantages
 from ppo_cli.wrappers import ObservationNormalizer, RewardNormalizer
 
@@ -71,6 +82,7 @@ class TrainResult:
     wall_time_s: float = 0.0
     message: str = ""
     checkpoint: str | None = None
+    signal: int | None = None  # the signal that stopped it, when one did
 
     @property
     def ok(self) -> bool:
@@ -92,36 +104,6 @@ class _Seeds:
         env_seeds = [int(s) for s in envs.generate_state(num_envs, dtype=np.uint32)]
         return cls(np.random.Generator(np.random.PCG64(sampling)),
                    int(weights.generate_state(1, dtype=np.uint32)[0]), env_seeds)
-
-
-class _DeferredInterrupt:
-    """Turn the first Ctrl-C into a flag checked at safe points; a second one interrupts at once.
-
-    So an iteration's results (CSV row, in-memory snapshot, checkpoint) are never half-committed.
-    Only installs in the main thread (signal handlers cannot be set elsewhere).
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> _DeferredInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
 
 
 @dataclass
@@ -150,10 +132,18 @@ class _Run:
     elapsed_before: float = 0.0  # seconds trained by earlier processes (resume)
     explained_variance: float = math.nan  # of the last rollout, before its update
     started: float = field(default_factory=time.perf_counter)
+    last_good: dict[str, Any] = field(default_factory=dict)  # snapshot after the last finished iteration
+    saved_iteration: int = -1  # the iteration of the checkpoint on disk
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoint.pt"
+        return self.run_dir / CHECKPOINT_FILE
+
+    def save_last_good(self) -> None:
+        """Write the last good snapshot as the checkpoint, unless it is already on disk."""
+        if self.last_good["iteration"] != self.saved_iteration:
+            save_checkpoint(self.checkpoint_path, self.last_good)
+            self.saved_iteration = self.last_good["iteration"]
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -174,24 +164,30 @@ class _Run:
 
 
 def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]], None] | None = None,
-          resume: bool = False) -> TrainResult:
-    """Train one seed with one thread for torch and numpy's BLAS (see :func:`_train`).
+          resume: bool = False, stop: StopRequest | None = None) -> TrainResult:
+    """Train one seed in ``run_dir`` (see :func:`_train`), holding the folder's lock throughout.
 
-    The matrices are small: a second BLAS thread only adds hand-offs, and when another process
-    (another seed) holds the other core those hand-offs cost far more than the products.
+    ``stop`` is the stop request to obey (the launcher's); without one, this call installs its own
+    handlers for SIGINT, SIGTERM and SIGHUP while it runs (main thread only). torch and numpy's
+    BLAS run one thread: the matrices are small, and a second thread only adds hand-offs (which
+    cost far more than the products when another seed holds the other core). Raises
+    :class:`~ppo_cli.files.FolderBusy` if another process holds the folder.
     """
     torch.set_num_threads(1)
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _train(config, run_dir, on_iteration, resume)
+    with FolderLock(run_dir), threadpool_limits(limits=1, user_api="blas"):
+        if stop is not None:
+            return _train(config, Path(run_dir), on_iteration, resume, stop)
+        with StopRequest() as own:
+            return _train(config, Path(run_dir), on_iteration, resume, own)
 
 
-def _train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]], None] | None = None,
-           resume: bool = False) -> TrainResult:
+def _train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]], None] | None,
+           resume: bool, stop: StopRequest) -> TrainResult:
     """Train one seed; write ``config.json``, ``progress.csv``, ``episodes.csv``, ``checkpoint.pt``.
 
     ``run_dir`` must exist. ``on_iteration`` receives every ``progress.csv`` row as a dict (plus
-    ``total_steps``, ``update_time_s`` and ``final_return``). Ctrl-C ends the run early with status
-    ``interrupted``.
+    ``total_steps``, ``update_time_s`` and ``final_return``). A stop request ends the run early
+    with status ``interrupted``.
 
     With ``resume``, training continues from ``run_dir/checkpoint.pt``: weights, optimizer state,
     both filters, the random generator, the environments (mid-episode, by replay), the step counter
@@ -199,58 +195,118 @@ def _train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]
     are dropped and written again. ``config`` must be the saved one, except that ``total_steps``
     may be larger (extending the run; the annealed learning rate then follows the new length).
     """
-    run = _start(config, Path(run_dir), resume)
+    run = _start(config, run_dir, resume)
     result = TrainResult(config.seed, str(run.run_dir), "finished", checkpoint=str(run.checkpoint_path))
-    if resume and not run.envs.exact:
-        result.message = ("the environments could not be replayed exactly; resumed from new episodes"
-                          if config.backend == "envpool" else
-                          "the environment did not replay exactly; resumed from the replayed state")
-    last_good = run.snapshot()
-    saved_iteration = run.iteration if resume else -1
-    with _DeferredInterrupt() as interrupt:
-        try:
+    notes = _resume_notes(run, resume)
+    run.last_good = run.snapshot()
+    run.saved_iteration = run.iteration if resume else -1
+    try:
+        with _stepping(run) as step:
             for iteration in range(run.iteration + 1, config.num_iterations + 1):
                 iteration_start = time.perf_counter()
                 lr = _learning_rate(config, iteration)
                 set_learning_rate(run.optimizer, lr)
-                _collect(run, interrupt.check)
-                interrupt.check()
+                _collect(run, stop.check, step)
+                stop.check()
                 stats, update_time = _update(run, iteration)
                 row = _log(run, iteration, stats, lr, iteration_start)
-                last_good = run.snapshot()
+                run.last_good = run.snapshot()
                 if iteration % config.checkpoint_interval == 0 or iteration == config.num_iterations:
-                    save_checkpoint(run.checkpoint_path, last_good)
-                    saved_iteration = iteration
+                    run.save_last_good()
                 if on_iteration is not None:
                     on_iteration({**row, "total_steps": config.num_iterations * config.batch_size,
                                   "update_time_s": update_time, "final_return": _mean(run.recent_returns)})
-        except KeyboardInterrupt:
-            result.status = "interrupted"
-            result.message = f"interrupted; saved the state after iteration {last_good['iteration']}"
-        except TrainingDiverged as exc:
-            result.status = "failed"
-            result.message = f"{exc}; kept the state after iteration {last_good['iteration']}"
-        finally:
-            if last_good["iteration"] != saved_iteration:
-                save_checkpoint(run.checkpoint_path, last_good)
-            run.progress_log.close()
-            run.episode_log.close()
-            run.envs.close()
-    result.global_step = last_good["global_step"]
-    result.iterations = last_good["iteration"]
-    result.final_return = _mean(last_good["recent_returns"])
+    except KeyboardInterrupt:
+        result.status, result.signal = "interrupted", stop.signum
+        result.message = f"interrupted; saved the state after iteration {run.last_good['iteration']}"
+    except TrainingDiverged as exc:
+        result.status = "failed"
+        result.message = f"{exc}; kept the state after iteration {run.last_good['iteration']}"
+    except StepTimeout as exc:
+        result.status = "failed"
+        result.message = f"{exc} in iteration {run.iteration + 1}; kept the state after iteration {run.iteration}"
+    except OSError as exc:
+        if not is_write_error(exc):
+            raise
+        result.status = "failed"
+        result.message = (f"could not write {exc.filename or 'a file'}: {exc.strerror or exc}; kept the rows "
+                          f"and state after iteration {run.last_good['iteration']}")
+    finally:
+        _finish(run, result)
+    result.message = "; ".join(m for m in (result.message, notes) if m)
+    result.global_step = run.last_good["global_step"]
+    result.iterations = run.last_good["iteration"]
+    result.final_return = _mean(run.last_good["recent_returns"])
     result.wall_time_s = time.perf_counter() - run.started
     return result
+
+
+def is_write_error(exc: OSError) -> bool:
+    """Whether ``exc`` is a failure to write a file (a full disk, a read-only or vanished folder), as
+    opposed to an ``OSError`` of an environment's own (a socket, a subprocess)."""
+    return exc.filename is not None or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG,
+                                                     errno.EIO, errno.EACCES, errno.EPERM, errno.ENOENT)
+
+
+def _resume_notes(run: _Run, resume: bool) -> str:
+    """What the user should know about a resume: inexact replay, damaged CSV lines dropped."""
+    notes = []
+    if resume and not run.envs.exact:
+        notes.append("the environments could not be replayed exactly; resumed from new episodes"
+                     if run.config.backend == "envpool" else
+                     "the environment did not replay exactly; resumed from the replayed state")
+    for csv_log in (run.progress_log, run.episode_log):
+        if csv_log.dropped:
+            lines = ", ".join(map(str, csv_log.dropped[:5])) + (", ..." if len(csv_log.dropped) > 5 else "")
+            notes.append(f"dropped {len(csv_log.dropped)} damaged line(s) of {csv_log.path.name} (line {lines})")
+    return "; ".join(notes)
+
+
+def _finish(run: _Run, result: TrainResult) -> None:
+    """Save the last good state if it is not on disk yet and close everything; a checkpoint that
+    cannot be written (a full disk) is reported in ``result``, never raised."""
+    try:
+        run.save_last_good()
+    except OSError as exc:
+        result.status = "failed"
+        on_disk = (f"the one on disk is from iteration {run.saved_iteration}, where --resume continues"
+                   if run.saved_iteration >= 0 else "there is none yet: --resume starts the seed again")
+        result.message += f"; could not save the checkpoint either ({exc.strerror or exc}): {on_disk}"
+    for closing in (run.progress_log.close, run.episode_log.close, run.envs.close):
+        try:
+            closing()
+        except Exception as exc:  # closing must not hide how the run ended
+            log.warning("while closing: %s: %s", type(exc).__name__, exc)
+
+
+@contextlib.contextmanager
+def _stepping(run: _Run) -> Iterator[Callable[..., Any]]:
+    """The environment step to call: ``envs.step`` itself, or with ``--step-timeout`` that step under
+    a :class:`~ppo_cli.signals.StepWatchdog`."""
+    if run.config.step_timeout is None:
+        yield run.envs.step
+        return
+
+    def stuck(message: str) -> None:  # the step ignored the interruption: save what is good, end the process
+        text = f"{message}; kept the state after iteration {run.last_good['iteration']}"
+        with contextlib.suppress(OSError):
+            run.save_last_good()
+            atomic_write_text(run.run_dir / ERROR_FILE, text + "\n")
+        if multiprocessing.parent_process() is None:  # a worker's launcher reports it from error.txt
+            print(f"Error: seed {run.config.seed}: {text}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    with StepWatchdog(run.config.step_timeout, stuck) as watchdog:
+        yield watchdog.wrap(run.envs.step)
 
 
 def _start(config: Config, run_dir: Path, resume: bool) -> _Run:
     """Build the environments, networks, filters and logs of a seed; with ``resume``, restore them
     from ``run_dir/checkpoint.pt`` (which must hold the same config, ``total_steps`` aside)."""
     started = time.perf_counter()
-    checkpoint_path = run_dir / "checkpoint.pt"
-    state = load_checkpoint(checkpoint_path) if resume else None
-    for stale in run_dir.glob(".*.tmp"):  # atomic writes cut short by a hard kill (ppo_cli.files)
-        stale.unlink()
+    checkpoint_path = run_dir / CHECKPOINT_FILE
+    state = read_checkpoint(checkpoint_path, resume=True) if resume else None
+    remove_stale_temporaries(run_dir)  # atomic writes cut short by a hard kill
     if state is not None and Config.from_dict(state["config"]).replace(total_steps=config.total_steps) != config:
         raise ValueError(f"{checkpoint_path} was trained with another config; only total_steps may change")
 
@@ -264,19 +320,22 @@ def _start(config: Config, run_dir: Path, resume: bool) -> _Run:
     reward_filter = RewardNormalizer(config.num_envs, config.gamma, config.reward_clip, enabled=config.norm_reward)
     action_shape = () if spaces.discrete else (spaces.act_dim,)
     storage = RolloutStorage(config.num_steps, config.num_envs, spaces.obs_dim, action_shape)
-    (run_dir / "config.json").write_text(config.to_json(), encoding="utf-8")
+    atomic_write_text(run_dir / CONFIG_FILE, config.to_json())
     keep = None if state is None else int(state["global_step"])
-    progress_log = CsvLog(run_dir / "progress.csv", PROGRESS_COLUMNS, keep_until_step=keep)
-    episode_log = CsvLog(run_dir / "episodes.csv", EPISODE_COLUMNS, keep_until_step=keep)
+    progress_log = CsvLog(run_dir / PROGRESS_FILE, PROGRESS_COLUMNS, keep_until_step=keep)
+    episode_log = CsvLog(run_dir / EPISODES_FILE, EPISODE_COLUMNS, keep_until_step=keep)
     if state is None:
         obs = obs_filter(envs.reset())
     else:
-        agent.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        obs_filter.load_state_dict(to_numpy(state["obs_rms"]))
-        reward_filter.load_state_dict(to_numpy(state["reward_rms"]))
-        seeds.rng.bit_generator.state = state["rng"]
-        envs.load_state_dict(to_numpy(state["envs"]))
+        try:
+            agent.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            obs_filter.load_state_dict(to_numpy(state["obs_rms"]))
+            reward_filter.load_state_dict(to_numpy(state["reward_rms"]))
+            seeds.rng.bit_generator.state = state["rng"]
+            envs.load_state_dict(to_numpy(state["envs"]))
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise CheckpointError(f"{checkpoint_path} cannot be restored: {type(exc).__name__}: {exc}") from None
         obs = obs_filter.normalize(envs.obs)  # the statistics already include these observations
     run = _Run(config, run_dir, envs, spaces, agent, optimizer, make_loss_fn(agent, config, optimizer),
                RolloutPolicy(agent), obs_filter, reward_filter, storage, seeds.rng, progress_log, episode_log,
@@ -292,9 +351,10 @@ def _learning_rate(config: Config, iteration: int) -> float:
     return config.lr * (1.0 - (iteration - 1) / config.num_iterations) if config.anneal_lr else config.lr
 
 
-def _collect(run: _Run, check_stop: Callable[[], None]) -> None:
-    """Fill the storage with ``num_steps`` steps of every environment; ``check_stop`` before each."""
-    config, storage, policy, envs = run.config, run.storage, run.policy, run.envs
+def _collect(run: _Run, check_stop: Callable[[], None], step: Callable[..., Any]) -> None:
+    """Fill the storage with ``num_steps`` steps of every environment (``step``: ``envs.step``, or it
+    under a watchdog); ``check_stop`` before each."""
+    config, storage, policy = run.config, run.storage, run.policy
     obs_filter, reward_filter = run.obs_filter, run.reward_filter
     num_steps, num_envs = config.num_steps, config.num_envs
     if run.spaces.discrete:
@@ -309,7 +369,7 @@ def _collect(run: _Run, check_stop: Callable[[], None]) -> None:
         storage.actions[t] = actions
         storage.logprobs[t] = logprobs
         storage.values[t] = values
-        next_obs, rewards, terminated, truncated, final_obs = envs.step(actions)
+        next_obs, rewards, terminated, truncated, final_obs = step(actions)
         dones = terminated | truncated
         if truncated.any():
             final = obs_filter.normalize(final_obs[truncated])

@@ -1,14 +1,13 @@
 import os
+from pathlib import Path
 
-# MuJoCo fixes its OpenGL backend at import: tests render off-screen (EGL) in this process.
-os.environ.setdefault("MUJOCO_GL", "egl")
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+import pytest
 
-from pathlib import Path  # noqa: E402
+from ppo_cli.config import Config
 
-import pytest  # noqa: E402
-
-from ppo_cli.config import Config  # noqa: E402
+# Users do not set MUJOCO_GL, so neither do the tests: `ppo eval` must choose a renderer itself.
+for _name in ("MUJOCO_GL", "PYOPENGL_PLATFORM"):
+    os.environ.pop(_name, None)
 
 LEARN = Config(env_id="InvertedPendulum-v5", total_steps=20480, num_envs=1, num_steps=1024, num_minibatches=32)
 LEARN_THRESHOLD = 500.0  # max 1000; a random policy scores ~5-10

@@ -76,3 +76,36 @@ class NanForSeedEnv(PointEnv):
         if seed is not None and str(seed) == os.environ.get("PPO_TEST_NAN_ENV_SEED"):
             self.nan_after = 600
         return super().reset(seed=seed, options=options)
+
+
+class HangingEnv(PointEnv):
+    """PointEnv whose 300th step (over the process's life) sleeps for an hour: a hung simulator."""
+
+    def step(self, action):
+        if self.total == 300:
+            import time
+
+            time.sleep(3600)
+        return super().step(action)
+
+
+class StubbornHangingEnv(PointEnv):
+    """PointEnv whose 300th step hangs and swallows every exception raised to interrupt it."""
+
+    def step(self, action):
+        if self.total == 300:
+            import time
+
+            while True:
+                try:
+                    time.sleep(3600)
+                except BaseException:  # noqa: BLE001 - the point of this environment
+                    pass
+        return super().step(action)
+
+
+def exits():
+    """A factory that ends the program instead of returning an environment."""
+    import sys
+
+    sys.exit(0)

@@ -16,7 +16,8 @@ from ppo_cli import render
 from ppo_cli.checkpoint import load_checkpoint, save_checkpoint
 from ppo_cli.cli import cli
 from ppo_cli.envs import make_env
-from ppo_cli.evaluate import find_checkpoints, load_agent, run_episodes
+from ppo_cli.evaluate import load_agent, run_episodes
+from ppo_cli.layout import checkpoint_files
 from ppo_cli.wrappers import ObservationNormalizer
 from tests.conftest import LEARN_THRESHOLD, write_malicious_checkpoint
 
@@ -56,7 +57,7 @@ def test_eval_table_and_run_folder(checkpoint):
     result = invoke("eval", checkpoint.parent.parent, "--episodes", "2", "--stochastic")
     assert result.exit_code == 0, result.output
     assert "mean +- std" in result.output and "stochastic" in result.output
-    assert find_checkpoints(checkpoint.parent.parent) == [checkpoint]
+    assert checkpoint_files(checkpoint.parent.parent) == [checkpoint]
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".gif"])
@@ -85,7 +86,7 @@ def test_render_without_display_writes_a_video_next_to_the_checkpoint(checkpoint
 def test_osmesa_fallback_when_egl_fails(monkeypatch):
     monkeypatch.delenv("MUJOCO_GL", raising=False)
     monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)
-    monkeypatch.delitem(__import__("sys").modules, "mujoco", raising=False)  # as in a fresh process
+    monkeypatch.delitem(__import__("sys").modules, "OpenGL", raising=False)  # as in a fresh process
     monkeypatch.setattr(render, "probe_backend", lambda backend: backend == "osmesa")
     assert render.use_offscreen_backend() == "osmesa"
     assert os.environ["MUJOCO_GL"] == "osmesa" and os.environ["PYOPENGL_PLATFORM"] == "osmesa"
@@ -165,7 +166,7 @@ def test_user_environment_checkpoint_evaluates(tmp_path):
 
     train(Config(env_id="tests.fake_envs:PointEnv", total_steps=256, num_envs=1, num_steps=128, num_minibatches=2,
                  update_epochs=1), tmp_path)
-    result = invoke("eval", tmp_path, "--episodes", "2", "--json")
+    result = invoke("eval", tmp_path, "--episodes", "2", "--json", "--trust-env")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["env_id"] == "tests.fake_envs:PointEnv"
 

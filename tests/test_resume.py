@@ -37,12 +37,12 @@ def test_cli_resume_of_a_run_folder_equals_an_uninterrupted_run(tmp_path):
     # Resume it as the checkpoint of the same config would be: rewrite the total first.
     state = load_checkpoint(run / "part" / "seed_0" / "checkpoint.pt")
     assert state["global_step"] == 1024
-    resumed = invoke("train", "--resume", run / "part", "--total-steps", "2048", "--quiet")
+    resumed = invoke("train", "--resume", run / "part", "--total-steps", "2048", "--quiet", "--trust-env")
     assert resumed.exit_code == 0, resumed.output
     progress = pd.read_csv(run / "part" / "seed_0" / "progress.csv")
     assert progress["iteration"].tolist() == list(range(1, 9))
     assert progress["global_step"].is_monotonic_increasing and progress["global_step"].iloc[-1] == 2048
-    finished = invoke("train", "--resume", run / "part" / "seed_0")
+    finished = invoke("train", "--resume", run / "part" / "seed_0", "--trust-env")
     assert finished.exit_code == 0 and "already finished at step 2,048" in " ".join(finished.output.split())
 
 
@@ -55,7 +55,7 @@ def test_resume_refuses_other_options_and_folders_that_are_not_runs(tmp_path):
     assert result.exit_code == 2 and "truncated or not a checkpoint" in " ".join(result.output.split())
     result = invoke("train", "--resume", tmp_path, "--lr", "0.1", "--seeds", "2")
     assert result.exit_code == 2
-    assert "drop --lr, --seeds (only --total-steps, --jobs and --quiet go with --resume)" in \
+    assert "drop --lr, --seeds (only --total-steps, --jobs, --quiet and --trust-env go with --resume)" in \
         " ".join(result.output.split())
 
 
@@ -115,8 +115,8 @@ def test_sigkill_mid_run_then_resume_completes(tmp_path):
     pd.read_csv(progress)  # readable
     target = killed_at + 4 * 256
     resumed = subprocess.run([sys.executable, "-m", "ppo_cli", "train", "--resume", str(seed_dir.parent),
-                              "--total-steps", str(target), "--quiet"], env=env, capture_output=True, text=True,
-                             timeout=120)
+                              "--total-steps", str(target), "--quiet", "--trust-env"], env=env, capture_output=True,
+                             text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     rows = pd.read_csv(progress)
     assert rows["global_step"].tolist() == list(range(256, target + 1, 256))  # no gap, no duplicate

@@ -28,12 +28,9 @@ import numpy as np
 import pandas as pd
 
 from ppo_cli.diagnostics import PROGRESS_COLUMNS
+from ppo_cli.layout import CONFIG_FILE, EPISODES_FILE, EVAL_FILE, PROGRESS_FILE
 from ppo_cli.plots import X_AXES
 
-PROGRESS_FILE = "progress.csv"
-EPISODES_FILE = "episodes.csv"
-CONFIG_FILE = "config.json"
-EVAL_FILE = "eval.json"  # written by ``ppo eval`` next to the checkpoint
 
 X_COLUMNS = {"steps": "step", "time": "time_s"}
 """``--x`` choice (:data:`ppo_cli.plots.X_AXES`) -> column of the long table used as the x axis."""

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
+from ppo_cli.files import atomic_write
+
 METRIC_LABELS = {
     "episodic_return": ("episodic return", "return (raw)"),
     "episodic_length": ("episode length", "steps"),
@@ -104,8 +106,10 @@ def _draw_panel(ax: Axes, panel: pd.DataFrame, title: str, y_label: str, runs: S
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
-    """Write ``figure`` to ``path`` (the format from its suffix: .png, .pdf or .svg)."""
-    figure.savefig(path, dpi=150 if Path(path).suffix.lower() == ".png" else None)
+    """Write ``figure`` to ``path`` atomically (the format from its suffix: .png, .pdf or .svg): a kill
+    or a full disk leaves the previous figure, never half of one."""
+    fmt = Path(path).suffix.lower().removeprefix(".")
+    atomic_write(path, lambda f: figure.savefig(f, format=fmt, dpi=150 if fmt == "png" else None))
     return Path(path)
 
 

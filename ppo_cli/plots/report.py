@@ -8,6 +8,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from ppo_cli.files import atomic_write_text
 from ppo_cli.plots import DEFAULT_METRICS, SUMMARY_FILE
 from ppo_cli.plots.data import PlotError, align, load, valid_metrics
 from ppo_cli.plots.figure import draw_figure, save_figure
@@ -65,7 +66,7 @@ def plot_runs(folders: Sequence[Path], figure_path: Path, metrics: Sequence[str]
     try:
         Path(figure_path).parent.mkdir(parents=True, exist_ok=True)
         save_figure(figure, figure_path)
-        summary.to_csv(summary_path, index=False)
+        atomic_write_text(summary_path, summary.to_csv(index=False))
     except OSError as exc:
         raise PlotError(f"cannot write {exc.filename or figure_path}: {exc.strerror or exc}", param="--out",
                         warnings=warnings) from None
