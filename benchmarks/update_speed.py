@@ -2,9 +2,11 @@
 
     python benchmarks/update_speed.py
 
-Prints microseconds per minibatch (median of 7 updates), eager and with ``--compile``
-(``torch.compile`` of the minibatch loss; its compile time is reported separately). Used to
-measure changes to ``ppo_cli.update.ppo_update`` before and after, in one run on the same machine.
+Prints microseconds per minibatch (median of 7 updates) for each update path: ``--update fused``
+(the default for Gaussian policies), ``--update autograd`` (composed torch operations) and
+``--update autograd --compile`` (``torch.compile`` of that loss; its compile time shows in the
+first update). Used to measure changes to ``ppo_cli.update.ppo_update`` before and after, in one
+run on the same machine; ``docs/performance.md`` quotes it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from ppo_cli.optim import make_optimizer
 from ppo_cli.update import make_loss_fn, ppo_update
 
 
-def measure(compile: bool, repeats: int = 7) -> float:
+def measure(update: str, compile: bool = False, repeats: int = 7) -> float:
     torch.set_num_threads(1)
-    config = Config(env_id="Hopper-v5", compile=compile)
+    config = Config(env_id="Hopper-v5", update=update, compile=compile)
     agent = ActorCritic(11, 3, config.hidden_sizes, seed=0)
     optimizer = make_optimizer(agent, config)
     loss_fn = make_loss_fn(agent, config, optimizer)
@@ -45,12 +47,15 @@ def measure(compile: bool, repeats: int = 7) -> float:
         ppo_update(agent, optimizer, batch, config, rng, loss_fn)
         times.append((time.perf_counter() - start) / planned * 1e6)
     median = statistics.median(times)
-    label = "compiled" if compile else "eager"
-    print(f"ppo_update {label:>8}: {median:5.0f} us per minibatch of {config.minibatch_size} "
+    label = update + (" --compile" if compile else "")
+    print(f"--update {label:<18}: {median:5.0f} us per minibatch of {config.minibatch_size} "
           f"(median of {repeats}; first update {first:.1f} s)")
     return median
 
 
 if __name__ == "__main__":
-    eager, compiled = measure(False), measure(True)
-    print(f"compiled / eager: {compiled / eager:.2f}")
+    fused = measure("fused")
+    autograd = measure("autograd")
+    compiled = measure("autograd", compile=True)
+    print(f"autograd / fused: {autograd / fused:.2f}; compiled autograd / fused: {compiled / fused:.2f}; "
+          f"compiled autograd / autograd: {compiled / autograd:.2f}")

@@ -46,6 +46,7 @@ class ActorCritic(nn.Module):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.obs_dim, self.act_dim, self.discrete = obs_dim, act_dim, discrete
+        self.activation = "tanh"  # of the hidden layers (ppo_cli.fused computes this one only)
         self.hidden_sizes = tuple(hidden_sizes)
         sizes = [obs_dim, *self.hidden_sizes, act_dim]
         gains = [math.sqrt(2.0)] * len(self.hidden_sizes)

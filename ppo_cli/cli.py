@@ -6,26 +6,22 @@ No maths here. User mistakes become one ``click`` error line and exit code 2.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
-import shutil
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import click
 from click.core import ParameterSource
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ppo_cli._version import __version__
-from ppo_cli.config import PRESETS, Config, ConfigError, config_fields, preset
+from ppo_cli.config import PRESETS, Config, ConfigError, config_fields
 
-DEFAULT_RUN_NAME = "default"
+DEFAULT_RUN_NAME = "default"  # ppo_cli.runs.DEFAULT_RUN_NAME (not imported: --help stays fast)
 
 
 def _flag(name: str) -> str:
@@ -167,40 +163,59 @@ def train(ctx: click.Context, env: str | None, num_seeds: int, jobs: int | None,
       ppo train hopper --preset classic --num-envs 4
       ppo train --resume results/Hopper-v5/default --total-steps 2000000
     """
+    from ppo_cli.display import LiveDisplay, QuietDisplay, print_run_summary
     from ppo_cli.launch import run_seeds
     from ppo_cli.signals import StopRequest
 
     with StopRequest() as stop:
-        if resume_from is not None:
-            plan = _resume_plan(ctx, resume_from, hyperparameters["total_steps"], trust_env)
-        else:
-            if env is None:
-                raise click.UsageError("Missing argument 'ENV' (or continue a run with --resume FOLDER).")
-            given = {k for k in hyperparameters if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-            plan = _new_run_plan(env, num_seeds, out_dir, run_name, hyperparameters, preset_name, given)
+        plan = _plan(ctx, env, num_seeds, out_dir, run_name, resume_from, trust_env, preset_name, hyperparameters)
+        console = Console()
+        for seed_dir, steps in plan.finished:
+            console.print(f"{seed_dir}: already finished at step {steps:,}; nothing to do (a larger --total-steps "
+                          f"extends it)", highlight=False, soft_wrap=True)
         if stop.requested:
             raise CommandError("stopped before training started; nothing was written", stop.exit_code)
-        if not plan.jobs:
-            return
-        with plan.lock() as run_dir:
-            configs = [job.config for job in plan.jobs]
-            parallel = jobs or min(len(plan.jobs), os.cpu_count() or 1)
-            console = Console()
-            verb = "Resuming" if resume_from is not None else "Training"
-            console.print(f"{verb} [bold]{configs[0].env_id}[/bold] for "
-                          f"{configs[0].num_iterations * configs[0].batch_size:,} steps x {len(configs)} seed(s) "
-                          f"({parallel} in parallel) -> {run_dir}", highlight=False, soft_wrap=True)
-            display = _QuietDisplay(console) if quiet else _LiveDisplay(console, configs)
-            with display:
-                results = run_seeds(plan.jobs, parallel, display.on_event, stop)
-            _print_summary(console, results)
+        results = []
+        if plan.jobs:
+            with _user_errors(), plan.open() as run_dir:
+                configs = [job.config for job in plan.jobs]
+                parallel = jobs or min(len(plan.jobs), os.cpu_count() or 1)
+                verb = "Resuming" if resume_from is not None else "Training"
+                console.print(f"{verb} [bold]{configs[0].env_id}[/bold] for "
+                              f"{configs[0].num_iterations * configs[0].batch_size:,} steps x {len(configs)} "
+                              f"seed(s) ({parallel} in parallel) -> {run_dir}", highlight=False, soft_wrap=True)
+                display = QuietDisplay(console) if quiet else LiveDisplay(console, configs)
+                with display:
+                    results = run_seeds(plan.jobs, parallel, display.on_event, stop)
+                print_run_summary(console, results)
+    raise SystemExit(_exit_code(results, stop))
+
+
+def _plan(ctx: click.Context, env: str | None, num_seeds: int, out_dir: Path, run_name: str | None,
+          resume_from: Path | None, trust_env: bool, preset_name: str | None, values: dict[str, Any]) -> Any:
+    """The :class:`~ppo_cli.runs.RunPlan` of a ``ppo train`` call: a resume, or a new run."""
+    from ppo_cli.runs import plan_new_run, plan_resume_run
+
+    with _user_errors():
+        if resume_from is not None:
+            _check_resume_options(ctx)
+            extend = ctx.get_parameter_source("total_steps") == ParameterSource.COMMANDLINE
+            return plan_resume_run(resume_from, values["total_steps"] if extend else None, trust_env)
+        if env is None:
+            raise click.UsageError("Missing argument 'ENV' (or continue a run with --resume FOLDER).")
+        given = {k for k in values if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        return plan_new_run(env, num_seeds, out_dir, run_name, values, preset_name, given, build_config)
+
+
+def _exit_code(results: list[Any], stop: Any) -> int:
+    """1 if a seed failed; else ``128 + signal`` if training was stopped (by the signal the launcher or a
+    seed got); else 0."""
     if any(r.status == "failed" for r in results):
-        raise SystemExit(1)
+        return 1
     if stop.requested:
-        raise SystemExit(stop.exit_code)
+        return stop.exit_code
     interrupted = [r for r in results if r.status == "interrupted"]
-    if interrupted:
-        raise SystemExit(128 + (interrupted[0].signal or 2))
+    return 128 + (interrupted[0].signal or 2) if interrupted else 0
 
 
 class CommandError(click.ClickException):
@@ -212,94 +227,26 @@ class CommandError(click.ClickException):
         self.exit_code = exit_code
 
 
-@dataclass
-class _Plan:
-    """What ``ppo train`` will do: the seed jobs, and the run folder to create (new runs) and lock."""
-
-    jobs: list[Any]
-    run_dir: Path
-    create: Callable[[], Path] | None = None  # a new run: makes the run folder and returns it
-    record: Callable[[Path], object] | None = None  # a new run: writes its run.json, once it is locked
-    lock_run: bool = True
-
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[Path]:
-        """Create the run folder, with the stop signals held back (a Ctrl-C cannot leave half a run),
-        and hold its lock until the block ends."""
-        from ppo_cli.files import FolderBusy, FolderLock
-        from ppo_cli.signals import signals_deferred
-
-        with contextlib.ExitStack() as held:
-            with signals_deferred():
-                if self.create is not None:
-                    self.run_dir = self.create()
-                    self.jobs = [dataclasses.replace(job, run_dir=self.run_dir / job.run_dir.name) for job in self.jobs]
-                if self.lock_run:
-                    try:
-                        held.enter_context(FolderLock(self.run_dir))
-                    except FolderBusy as exc:
-                        raise CommandError(str(exc)) from None
-                    except OSError as exc:
-                        raise CommandError(f"cannot write to {self.run_dir}: {exc.strerror or exc}") from None
-                try:
-                    if self.record is not None:
-                        self.record(self.run_dir)
-                    for job in self.jobs:
-                        job.run_dir.mkdir(exist_ok=True)  # new seeds, and seeds of a run.json that never started
-                except OSError as exc:
-                    raise CommandError(f"cannot write to {self.run_dir}: {exc.strerror or exc}") from None
-            yield self.run_dir
-
-
-def _new_run_plan(env: str, num_seeds: int, out_dir: Path, run_name: str | None, hyperparameters: dict[str, Any],
-                  preset_name: str | None = None, given: set[str] = frozenset()) -> _Plan:
-    """Validate everything and check the disk; the run folder is created when the plan is carried out.
-
-    ``preset_name``'s values for the environment replace the defaults, except for the options in
-    ``given`` (those typed on the command line).
-    """
-    from ppo_cli.checkpoint import required_bytes
-    from ppo_cli.envs import EnvError, check_backend, check_spaces, make_env, resolve_env_id
-    from ppo_cli.launch import SeedJob
-    from ppo_cli.layout import env_folder, seed_folder, write_run
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn a library's :class:`~ppo_cli.errors.UserError` into click's error for it, once."""
+    from ppo_cli.errors import UserError
 
     try:
-        env_id = resolve_env_id(env)
-        probe = make_env(env_id)
-        try:
-            spaces = check_spaces(probe, env_id)
-        finally:
-            probe.close()
-    except EnvError as exc:
-        raise click.BadParameter(str(exc), param_hint="'ENV'") from None
-    try:
-        check_backend(env_id, hyperparameters["backend"])
-    except EnvError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--backend'") from None
-    if preset_name is not None:
-        chosen = {k: v for k, v in preset(preset_name, env_id).items() if k not in given}
-        hyperparameters = {**hyperparameters, **chosen}
-    config = build_config({"env_id": env_id, **hyperparameters})
-    env_dir = out_dir / env_folder(env_id)
-    _check_run_name(env_dir, run_name)
-    _check_free_space(out_dir, num_seeds * required_bytes(config, spaces.obs_dim, spaces.act_dim), num_seeds)
-    configs = [config.replace(seed=config.seed + k) for k in range(num_seeds)]
-
-    return _Plan([SeedJob(c, seed_folder(env_dir, c.seed)) for c in configs], env_dir,
-                 create=lambda: _make_run_dir(out_dir, env_dir, run_name),
-                 record=lambda run_dir: write_run(run_dir, config, [c.seed for c in configs]))
+        yield
+    except UserError as exc:
+        if not exc.usage:
+            raise CommandError(str(exc)) from None
+        if exc.param:
+            raise click.BadParameter(str(exc), param_hint=f"'{exc.param}'") from None
+        raise click.UsageError(str(exc)) from None
 
 
 _RESUME_COMPANIONS = {"resume_from", "total_steps", "jobs", "quiet", "trust_env"}
 
 
-def _resume_plan(ctx: click.Context, folder: Path, total_steps: int, trust_env: bool) -> _Plan:
-    """One job per seed of the run (or the one seed folder) with steps left to train."""
-    from ppo_cli.checkpoint import read_checkpoint, required_bytes
-    from ppo_cli.envs import EnvError, check_spaces, make_env, require_trusted
-    from ppo_cli.launch import SeedJob
-    from ppo_cli.layout import LayoutError, is_seed_dir, plan_resume, run_folder_of
-
+def _check_resume_options(ctx: click.Context) -> None:
+    """--resume takes the run's saved settings: refuse every option that would change them."""
     given = [name for name in ctx.params
              if name not in _RESUME_COMPANIONS and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
     if given:
@@ -307,67 +254,6 @@ def _resume_plan(ctx: click.Context, folder: Path, total_steps: int, trust_env: 
         names = ", ".join("ENV" if n == "env" else _flag(flags.get(n, n)) for n in given)
         raise click.UsageError(f"--resume continues a run with its saved settings; drop {names} "
                                f"(only --total-steps, --jobs, --quiet and --trust-env go with --resume)")
-    extend = ctx.get_parameter_source("total_steps") == ParameterSource.COMMANDLINE
-    _check_not_in_use(folder)
-    try:
-        seeds = plan_resume(folder, total_steps if extend else None, lambda p: read_checkpoint(p, resume=True))
-    except LayoutError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--total-steps'" if str(exc).startswith("--total-steps")
-                                 else "'--resume'") from None
-    jobs, console, needed = [], Console(), 0
-    for plan in seeds:
-        if plan.action == "finished":
-            console.print(f"{plan.seed_dir}: already finished at step {plan.steps_done:,}; nothing to do "
-                          f"(a larger --total-steps extends it)", highlight=False, soft_wrap=True)
-            continue
-        try:
-            require_trusted(plan.config.env_id, str(plan.seed_dir), trust_env)
-            probe = make_env(plan.config.env_id)
-            try:
-                spaces = check_spaces(probe, plan.config.env_id)
-            finally:
-                probe.close()
-        except EnvError as exc:
-            raise click.BadParameter(f"cannot resume {plan.seed_dir}: {exc}", param_hint="'--resume'") from None
-        saved = (plan.state or {}).get("spaces")
-        if saved and (saved["obs_dim"], saved["act_dim"], saved["discrete"]) != (spaces.obs_dim, spaces.act_dim,
-                                                                                   spaces.discrete):
-            raise click.BadParameter(f"cannot resume {plan.seed_dir}: {plan.config.env_id} has {spaces.obs_dim} "
-                                     f"observations and {spaces.act_dim} actions here, the checkpoint "
-                                     f"{saved['obs_dim']} and {saved['act_dim']}", param_hint="'--resume'")
-        needed += required_bytes(plan.config, spaces.obs_dim, spaces.act_dim)
-        jobs.append(SeedJob(plan.config, plan.seed_dir, resume=plan.action == "resume"))
-    _check_free_space(folder, needed, len(jobs))
-    run_dir = folder if not is_seed_dir(folder) else run_folder_of(folder)
-    return _Plan(jobs, run_dir or folder, lock_run=run_dir is not None)
-
-
-def _check_not_in_use(folder: Path) -> None:
-    """Refuse to resume a run (or seed) folder that another process is writing, or that cannot be
-    written at all: one error before anything is read, planned or started."""
-    from ppo_cli.files import FolderBusy, FolderLock
-    from ppo_cli.layout import is_seed_dir, run_folder_of, seed_dirs
-
-    run_dir = folder if not is_seed_dir(folder) else run_folder_of(folder)
-    folders = ([run_dir] if run_dir is not None else []) + [d for d in seed_dirs(folder) if d.is_dir()]
-    for path in folders:
-        try:
-            with FolderLock(path):
-                pass
-        except FolderBusy as exc:
-            raise CommandError(str(exc)) from None
-        except OSError as exc:
-            raise click.BadParameter(f"cannot write to {path}: {exc.strerror or exc}", param_hint="'--resume'") from None
-
-
-def _check_free_space(folder: Path, needed: int, seeds: int) -> None:
-    existing = folder.resolve()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
-    if free < needed:
-        raise click.UsageError(f"not enough free space in {existing} for {seeds} seed(s): need about "
-                               f"{needed / 2**20:.1f} MiB for checkpoints and logs, {free / 2**20:.1f} MiB free")
 
 
 @cli.command(name="eval")
@@ -406,125 +292,42 @@ def eval_command(checkpoint: Path, episodes: int, seed: int, deterministic: bool
     """
     import json
 
-    from ppo_cli.render import RenderError, has_display, use_offscreen_backend
+    from ppo_cli.display import print_eval
+    from ppo_cli.evaluate import check_envs, evaluate, load_agent, plan_eval, save_result
+    from ppo_cli.render import RenderError, VideoWriter, has_display, use_offscreen_backend
 
-    paths, states, env_ids = _eval_inputs(checkpoint, env_name, trust_env)
-    _check_eval_outputs(paths, video)
-    render_mode = None
-    if video is not None or render:
-        live = render and video is None and has_display()
-        if not live:
-            try:
-                use_offscreen_backend()  # before any environment is built
-            except RenderError as exc:
-                raise click.UsageError(str(exc)) from None
-        render_mode = "human" if live else "rgb_array"
-    from ppo_cli.evaluate import evaluate, load_agent, save_result
-    from ppo_cli.render import VideoWriter
-
-    loaded = [load_agent(p, state) for p, state in zip(paths, states)]
-    _check_eval_envs(loaded, env_ids, render_mode)
+    with _user_errors():
+        planned = plan_eval(checkpoint, env_name, trust_env, video)
+        render_mode = None
+        if video is not None or render:
+            live = render and video is None and has_display()
+            if not live:
+                try:
+                    use_offscreen_backend()  # before any environment is built
+                except RenderError as exc:
+                    raise click.UsageError(str(exc)) from None
+            render_mode = "human" if live else "rgb_array"
+        loaded = [load_agent(job.checkpoint, job.state) for job in planned]
+        check_envs(planned, loaded, render_mode)
     console = Console()
     results = []
-    for path, agent, env_id in zip(paths, loaded, env_ids):
-        writer = VideoWriter(video or path.parent / "eval.mp4", fps, frames) if render_mode == "rgb_array" else None
+    for job, agent in zip(planned, loaded):
+        writer = None
+        if render_mode == "rgb_array":
+            writer = VideoWriter(video or job.checkpoint.parent / "eval.mp4", fps, frames)
         try:
-            result = evaluate(path, agent, episodes, seed, deterministic, render_mode, writer, env_id)
+            result = evaluate(job.checkpoint, agent, episodes, seed, deterministic, render_mode, writer, job.env_id)
             save_result(result)
         except RenderError as exc:
             raise CommandError(str(exc)) from None
         except OSError as exc:
-            raise CommandError(f"could not write the result next to {path}: {exc.strerror or exc}") from None
+            raise CommandError(f"could not write the result next to {job.checkpoint}: {exc.strerror or exc}") from None
         results.append(result)
         if not as_json:
-            _print_eval(console, result)
+            print_eval(console, result)
     if as_json:
         payload = [r.to_dict() for r in results]
         click.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
-
-
-def _eval_inputs(checkpoint: Path, env_name: str | None, trust_env: bool) -> tuple[list[Path], list[Any], list[str]]:
-    """The checkpoints of CHECKPOINT, read and checked, and the environment to evaluate each on."""
-    from ppo_cli.checkpoint import CheckpointError, read_checkpoint
-    from ppo_cli.envs import EnvError, require_trusted, resolve_env_id
-    from ppo_cli.layout import LayoutError, checkpoint_files
-
-    try:
-        paths = checkpoint_files(checkpoint)
-        states = [read_checkpoint(p) for p in paths]
-    except (CheckpointError, LayoutError) as exc:
-        raise click.BadParameter(str(exc), param_hint="'CHECKPOINT'") from None
-    if env_name is not None:
-        try:
-            return paths, states, [resolve_env_id(env_name)] * len(paths)  # typed by the user: theirs to run
-        except EnvError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--env'") from None
-    env_ids = [state["config"]["env_id"] for state in states]
-    for path, env_id in zip(paths, env_ids):
-        try:
-            require_trusted(env_id, str(path), trust_env, env_option=True)
-        except EnvError as exc:
-            raise click.BadParameter(str(exc), param_hint="'CHECKPOINT'") from None
-    return paths, states, env_ids
-
-
-def _check_eval_outputs(paths: list[Path], video: Path | None) -> None:
-    """Refuse, before evaluating, what could not be written: eval.json beside each checkpoint, the video."""
-    from ppo_cli.files import check_writable
-    from ppo_cli.render import RenderError, check_video_path
-
-    if video is not None:
-        if len(paths) > 1:
-            raise click.UsageError(f"--video needs one checkpoint, the folder holds {len(paths)}; "
-                                   f"pass a seed folder, or use --render to write one video per seed")
-        try:
-            check_video_path(video)
-        except RenderError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--video'") from None
-    for folder in dict.fromkeys([p.parent for p in paths] + ([video.parent] if video is not None else [])):
-        try:
-            check_writable(folder)
-        except OSError as exc:
-            raise click.BadParameter(f"cannot write the evaluation's files to {folder}: {exc.strerror or exc}",
-                                     param_hint="'--video'" if video is not None and folder == video.parent
-                                     else "'CHECKPOINT'") from None
-
-
-def _check_eval_envs(loaded: list[Any], env_ids: list[str], render_mode: str | None) -> None:
-    """Build each environment once: it must exist here and fit every policy evaluated on it."""
-    from ppo_cli.envs import EnvError, make_env
-    from ppo_cli.evaluate import check_env_fits
-
-    for env_id in dict.fromkeys(env_ids):
-        try:
-            env = make_env(env_id, render_mode=render_mode)
-        except EnvError as exc:
-            raise click.BadParameter(f"the checkpoint's environment cannot be built here: {exc}",
-                                     param_hint="'CHECKPOINT'") from None
-        try:
-            for agent in (a for a, e in zip(loaded, env_ids) if e == env_id):
-                check_env_fits(agent, env, env_id)
-        except EnvError as exc:
-            raise click.BadParameter(str(exc), param_hint="'CHECKPOINT'") from None
-        finally:
-            env.close()
-
-
-def _print_eval(console: Console, result: Any) -> None:
-    mode = "deterministic" if result.deterministic else "stochastic"
-    console.print(f"{result.checkpoint}", highlight=False, soft_wrap=True)
-    table = Table(title=f"{result.env_id} at step {result.global_step:,} ({mode})")
-    table.add_column("episode", justify="right")
-    table.add_column("return", justify="right")
-    table.add_column("length", justify="right")
-    for k, (ret, length) in enumerate(zip(result.returns, result.lengths)):
-        table.add_row(str(k), f"{ret:.1f}", str(length))
-    table.add_section()
-    table.add_row("mean +- std", f"{result.mean:.1f} +- {result.std:.1f}",
-                  f"{sum(result.lengths) / len(result.lengths):.0f}")
-    console.print(table)
-    if result.video:
-        console.print(f"video: {result.video}", highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -559,6 +362,7 @@ def plot(folders: tuple[Path, ...], metrics: str | None, smooth: int, x_axis: st
       ppo plot results/
       ppo plot results/ --metrics episodic_return,approx_kl --smooth 5 --format pdf
     """
+    from ppo_cli.display import print_plot_summary
     from ppo_cli.plots.data import PlotError
     from ppo_cli.plots.report import plot_runs
 
@@ -579,7 +383,7 @@ def plot(folders: tuple[Path, ...], metrics: str | None, smooth: int, x_axis: st
         click.echo(f"Warning: {warning}", err=True)
     console = Console()
     console.print(f"figure: {result.figure_path}", highlight=False, soft_wrap=True)
-    _print_plot_summary(console, result.summary)
+    print_plot_summary(console, result.summary)
     console.print(f"summary: {result.summary_path}", highlight=False, soft_wrap=True)
 
 
@@ -613,167 +417,6 @@ def _plot_path(folder: Path, out: str | None, fmt: str | None) -> Path:
                                f"--out {path.with_suffix('.' + fmt)}")
     return path
 
-
-def _print_plot_summary(console: Console, summary: Any) -> None:
-    """The final-return table, and with ``--eval`` a second one for the ``eval.json`` returns."""
-    from rich import box
-    from rich.markup import escape
-
-    def num(value: float) -> str:  # about 4 significant digits; NaN: no value
-        return "-" if value != value else f"{value:.0f}" if abs(value) >= 100 else f"{value:#.3g}"
-
-    def steps(low: int, high: int) -> str:
-        short = [f"{v / 1e6:.4g}M" if v >= 1e6 else f"{v / 1e3:.4g}k" if v >= 1e3 else str(v) for v in (low, high)]
-        return short[1] if low == high else "-".join(short)
-
-    tables = [("Final return: mean of the last 10% of steps per seed", "final",
-               lambda row: [str(row.seeds), steps(row.steps_min, row.steps_max)], ["seeds", "steps"])]
-    if "eval_seeds" in summary.columns:
-        tables.append(("Evaluation: mean return of each seed's eval.json", "eval",
-                       lambda row: [str(row.eval_seeds)], ["seeds"]))
-    for title, prefix, first_cells, first_columns in tables:
-        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
-        for column in ["env", "run", *first_columns, "mean +- std", "IQM [95% CI]"]:
-            text = column in {"env", "run"}
-            width = max([len(column)] + [len(v) for v in summary[column]]) if text else None
-            table.add_column(column, justify="left" if text else "right", overflow="fold",
-                             min_width=min(width, 24) if text else None)
-        for row in summary.itertuples(index=False):
-            value = {k: getattr(row, f"{prefix}_{k}") for k in ("mean", "std", "iqm", "iqm_ci_low", "iqm_ci_high")}
-            table.add_row(escape(row.env), escape(row.run), *first_cells(row),
-                          f"{num(value['mean'])} +- {num(value['std'])}",
-                          f"{num(value['iqm'])} [{num(value['iqm_ci_low'])}, {num(value['iqm_ci_high'])}]")
-        console.print(table)
-
-
-def _check_run_name(env_dir: Path, run_name: str | None) -> None:
-    """Refuse a ``--run-name`` that cannot be a new folder under ``env_dir``, before anything is created."""
-    if run_name is None:
-        return
-    if not run_name or "/" in run_name or "\0" in run_name or run_name in {".", ".."}:
-        raise click.BadParameter(f"{run_name!r} is not a folder name", param_hint="'--run-name'")
-    existing = env_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:
-        limit = os.pathconf(existing, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    if len(os.fsencode(run_name)) > limit:
-        raise click.BadParameter(f"{run_name[:40]}... is {len(os.fsencode(run_name))} bytes long; folder names "
-                                 f"here can have at most {limit}", param_hint="'--run-name'")
-    if (env_dir / run_name).exists():
-        raise click.UsageError(f"--run-name {run_name}: {env_dir / run_name} already exists; choose another name "
-                               f"or remove it")
-
-
-def _make_run_dir(out_dir: Path, env_dir: Path, run_name: str | None) -> Path:
-    """Create ``OUT/<env folder>/<run name>`` without ever reusing an existing folder (``mkdir`` either
-    creates it or fails, so two processes can never get the same one); on failure, remove the
-    folders this call created."""
-    from ppo_cli.files import check_writable
-
-    created = [p for p in (env_dir, *env_dir.parents) if not p.exists()]
-    try:
-        try:
-            env_dir.mkdir(parents=True, exist_ok=True)
-            check_writable(env_dir)
-        except OSError as exc:
-            raise click.BadParameter(f"cannot write to {out_dir}: {exc.strerror or exc}", param_hint="'--out'") from None
-        if run_name is not None:
-            try:
-                (env_dir / run_name).mkdir()
-            except FileExistsError:
-                raise click.UsageError(f"--run-name {run_name}: {env_dir / run_name} already exists; choose another "
-                                       f"name or remove it") from None
-            except OSError as exc:
-                raise click.BadParameter(f"cannot create {env_dir / run_name}: {exc.strerror or exc}",
-                                         param_hint="'--run-name'") from None
-            return env_dir / run_name
-        for k in range(1, 10_000):
-            run_dir = env_dir / (DEFAULT_RUN_NAME if k == 1 else f"{DEFAULT_RUN_NAME}-{k}")
-            try:
-                run_dir.mkdir()
-                return run_dir
-            except FileExistsError:
-                continue
-        raise click.UsageError(f"no free run name under {env_dir}; pass --run-name")
-    except click.ClickException:
-        for folder in created:  # innermost first; only if still empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
-
-
-def _fmt(value: float | None, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-class _LiveDisplay:
-    """A rich progress bar per seed: steps, SPS, latest return, ETA."""
-
-    def __init__(self, console: Console, configs: list[Config]) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]seed {task.fields[seed]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[sps]:>6} sps"), TextColumn("return {task.fields[ret]:>8}"),
-            TimeRemainingColumn(), console=console)
-        self.tasks = {cfg.seed: self.progress.add_task("train", total=cfg.num_iterations * cfg.batch_size,
-                                                       seed=cfg.seed, sps="-", ret="-", start=False)
-                      for cfg in configs}
-
-    def __enter__(self) -> _LiveDisplay:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def on_event(self, event: tuple[str, int, Any]) -> None:
-        kind, seed, payload = event
-        task = self.tasks[seed]
-        if kind == "start":
-            self.progress.start_task(task)
-        elif kind == "iteration":
-            ret = payload["final_return"]
-            self.progress.update(task, completed=payload["global_step"], sps=str(payload["sps"]), ret=_fmt(ret))
-
-
-class _QuietDisplay:
-    """One plain line per iteration and seed."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-
-    def __enter__(self) -> _QuietDisplay:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def on_event(self, event: tuple[str, int, Any]) -> None:
-        kind, seed, payload = event
-        if kind == "iteration":
-            self.console.print(f"seed {seed} step {payload['global_step']}/{payload['total_steps']} "
-                               f"sps {payload['sps']} return {_fmt(payload['final_return'])}",
-                               highlight=False, soft_wrap=True)
-
-
-def _print_summary(console: Console, results: list[Any]) -> None:
-    table = Table(title="Runs")
-    for column in ("seed", "status", "final return", "steps", "wall time", "files"):
-        table.add_column(column, justify="right" if column in {"final return", "steps", "wall time"} else "left",
-                         overflow="fold")
-    for r in results:
-        style = {"finished": "green", "interrupted": "yellow", "failed": "red"}[r.status]
-        table.add_row(str(r.seed), f"[{style}]{r.status}[/{style}]", _fmt(r.final_return), f"{r.global_step:,}",
-                      f"{r.wall_time_s:.1f} s", r.run_dir)
-    console.print(table)
-    for r in results:
-        if r.message:
-            console.print(f"seed {r.seed}: {r.message}", highlight=False, soft_wrap=True)
-        if r.status == "interrupted" and r.checkpoint and r.global_step:
-            console.print(f"seed {r.seed}: checkpoint of step {r.global_step:,} in {r.checkpoint}",
-                          highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ class ConfigError(ValueError):
 
 
 BACKENDS = ("gymnasium", "envpool")  # how environments are stepped (see ppo_cli.envs)
+UPDATES = ("auto", "fused", "autograd")  # how a minibatch's loss and gradient are computed (see ppo_cli.update)
 
 
 def _opt(default: Any, help: str) -> Any:  # noqa: A002 - "help" is the natural name here
@@ -34,44 +35,52 @@ class Config:
     """Hyperparameters of one PPO training run (one seed).
 
     Defaults are the config that ``benchmarks/mujoco_suite.py`` measured on Hopper, HalfCheetah and
-    Walker2d (README "Learning quality"): 64 environments x 32 steps (2048 per rollout), 10 epochs of
+    Walker2d (docs/benchmarks.md): 64 environments x 32 steps (2048 per rollout), 10 epochs of
     32 minibatches, advantages recomputed each epoch and not normalised, no value clipping, initial
     action std exp(-0.5), close to Tianshou's MuJoCo PPO. ``benchmarks/throughput.py`` pins the
     classic single-environment settings (Schulman et al. 2017; SB3, CleanRL) instead. Derived
     sizes (``batch_size``, ``minibatch_size``, ``num_iterations``) are properties.
     """
 
+    # the run
     env_id: str = _opt("", "Gymnasium id or 'package.module:attr' of the environment.")
     seed: int = _opt(0, "Seed of this run (environments, initial weights, sampling, minibatches).")
     total_steps: int = _opt(1_000_000, "Environment steps to train for (all environments together).")
+    # collecting: num_envs x num_steps transitions per iteration
     num_envs: int = _opt(64, "Environments stepped side by side in one process.")
     num_steps: int = _opt(32, "Steps per environment in each rollout.")
+    # returns and advantages
+    gamma: float = _opt(0.99, "Discount factor, in (0, 1].")
+    gae_lambda: float = _opt(0.95, "GAE lambda, in (0, 1].")
+    norm_adv: bool = _opt(False, "Normalise advantages to mean 0, std 1 within each minibatch.")
+    recompute_adv: bool = _opt(True, "Recompute values and GAE advantages with the current critic "
+                                      "before every update epoch after the first.")
+    # the loss
+    clip_coef: float = _opt(0.2, "PPO ratio clip (and value clip, with --clip-vloss).")
+    clip_vloss: bool = _opt(False, "Clip the value update around the old value (max of both errors).")
+    dual_clip: float | None = _opt(
+        None, "Dual-clip bound c > 1: for negative advantages the objective is at least c * A."
+    )
+    ent_coef: float = _opt(0.0, "Entropy bonus coefficient.")
+    vf_coef: float = _opt(0.25, "Value loss coefficient.")
+    # the update and its optimizer
     update_epochs: int = _opt(10, "Passes over each rollout batch.")
     num_minibatches: int = _opt(32, "Minibatches per pass; must divide num_steps * num_envs.")
     lr: float = _opt(3e-4, "Adam learning rate (eps 1e-5).")
     anneal_lr: bool = _opt(True, "Decay the learning rate linearly to 0 over the run.")
-    gamma: float = _opt(0.99, "Discount factor, in (0, 1].")
-    gae_lambda: float = _opt(0.95, "GAE lambda, in (0, 1].")
-    clip_coef: float = _opt(0.2, "PPO ratio clip (and value clip, with --clip-vloss).")
-    dual_clip: float | None = _opt(
-        None, "Dual-clip bound c > 1: for negative advantages the objective is at least c * A."
-    )
-    clip_vloss: bool = _opt(False, "Clip the value update around the old value (max of both errors).")
-    norm_adv: bool = _opt(False, "Normalise advantages to mean 0, std 1 within each minibatch.")
-    recompute_adv: bool = _opt(True, "Recompute values and GAE advantages with the current critic "
-                                      "before every update epoch after the first.")
-    init_log_std: float = _opt(-0.5, "Initial log standard deviation of the Gaussian policy.")
-    ent_coef: float = _opt(0.0, "Entropy bonus coefficient.")
-    vf_coef: float = _opt(0.25, "Value loss coefficient.")
     max_grad_norm: float = _opt(0.5, "Global gradient-norm clip.")
     target_kl: float | None = _opt(
         None, "Stop this iteration's remaining updates once approx KL exceeds it (off if unset)."
     )
+    # observation and reward filters
     norm_obs: bool = _opt(True, "Normalise observations with running mean/std (clip +-obs_clip).")
     norm_reward: bool = _opt(True, "Scale rewards by the running std of the discounted return.")
     obs_clip: float = _opt(10.0, "Clip bound of normalised observations.")
     reward_clip: float = _opt(10.0, "Clip bound of normalised rewards.")
+    # the networks
     hidden_sizes: tuple[int, ...] = _opt((64, 64), "Hidden layer widths of both MLPs (tanh), e.g. 64,64.")
+    init_log_std: float = _opt(-0.5, "Initial log standard deviation of the Gaussian policy.")
+    # how the run is carried out
     checkpoint_interval: int = _opt(10, "Write checkpoint.pt every this many iterations (and at the end).")
     step_timeout: float | None = _opt(
         None, "Fail the seed when one environment step takes longer than this many seconds (off if unset)."
@@ -80,9 +89,14 @@ class Config:
         "help": "Environment stepping: gymnasium (any environment, one loop) or envpool (C++ worker "
                 "threads; MuJoCo and classic tasks it lists; pip install -e '.[fast]').",
         "choices": BACKENDS})
-    compile: bool = _opt(False, "Compile the composed torch minibatch loss with torch.compile (needs a C "
-                                "compiler; eager if it fails); measured ~1.5x slower per update than the "
-                                "default fused numpy update.")
+    update: str = field(default="auto", metadata={
+        "help": "Minibatch update: fused (the loss and its gradient in one numpy autograd node; Gaussian "
+                "policies, CPU), autograd (the same loss composed from torch operations: the reference), or "
+                "auto (fused where it applies, else autograd).",
+        "choices": UPDATES})
+    compile: bool = _opt(False, "torch.compile the autograd update's minibatch loss (needs a C compiler; eager "
+                                "if it fails). Implies --update autograd.")
+
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
@@ -147,6 +161,11 @@ class Config:
             )
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"backend must be {' or '.join(BACKENDS)}, got {self.backend!r}")
+        if self.update not in UPDATES:
+            raise ConfigError("update", f"update must be {', '.join(UPDATES)}, got {self.update!r}")
+        if self.compile and self.update == "fused":
+            raise ConfigError(("compile", "update"), "compile applies to the autograd path only, and update is "
+                                                     "fused; drop one of them")
         if self.total_steps < self.batch_size:
             raise ConfigError(
                 ("total_steps", "num_steps", "num_envs"),
@@ -188,8 +207,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # published PPO curves, and the ones benchmarks/throughput.py times against SB3
     "classic": {"*": {"num_envs": 1, "num_steps": 2048, "gae_lambda": 0.95, "clip_vloss": True, "vf_coef": 0.5,
                       "norm_adv": True, "recompute_adv": False, "init_log_std": 0.0}},
-    # the defaults, except on the tasks where other values measured better at 1M steps (README
-    # "Learning quality"): per-task tuning like rl-zoo's, under one name
+    # the defaults, except on the tasks where other values measured better at 1M steps
+    # (docs/benchmarks.md): per-task tuning like rl-zoo's, under one name
     "tuned": {"Walker2d": {"gae_lambda": 0.9}},
 }
 

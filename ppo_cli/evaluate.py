@@ -19,10 +19,11 @@ import numpy as np
 from ppo_cli.agent import ActorCritic, RolloutPolicy
 from ppo_cli.checkpoint import CheckpointError, check_contents, read_checkpoint, to_numpy
 from ppo_cli.config import Config, ConfigError
-from ppo_cli.envs import EnvError, check_spaces, make_env
-from ppo_cli.files import atomic_write_text
-from ppo_cli.layout import EVAL_FILE
-from ppo_cli.render import VideoWriter
+from ppo_cli.envs import EnvError, check_spaces, make_env, require_trusted, resolve_env_id
+from ppo_cli.errors import UserError
+from ppo_cli.files import atomic_write_text, check_writable
+from ppo_cli.layout import EVAL_FILE, LayoutError, checkpoint_files
+from ppo_cli.render import RenderError, VideoWriter, check_video_path
 from ppo_cli.wrappers import ObservationNormalizer
 
 @dataclass
@@ -57,6 +58,76 @@ class LoadedAgent:
     obs_filter: ObservationNormalizer
     global_step: int
     spaces: dict[str, Any]
+
+
+@dataclass
+class EvalJob:
+    """One checkpoint to evaluate: its path, its checked contents, the environment to play it on."""
+
+    checkpoint: Path
+    state: dict[str, Any]
+    env_id: str
+
+
+def plan_eval(path: Path, env_name: str | None = None, trust_env: bool = False,
+              video: Path | None = None) -> list[EvalJob]:
+    """The checkpoints of ``path`` (a file, a seed folder or a run folder), read and checked, each with
+    the environment to evaluate it on: ``env_name`` (typed by the user, so theirs to run), else the
+    checkpoint's, which must be a registered id unless ``trust_env``. Refuses, before any episode,
+    what could not be written: ``eval.json`` beside each checkpoint, the ``video``."""
+    try:
+        paths = checkpoint_files(path)
+        states = [read_checkpoint(p) for p in paths]
+    except (CheckpointError, LayoutError) as exc:
+        raise UserError(str(exc), "CHECKPOINT") from None
+    if env_name is not None:
+        try:
+            env_ids = [resolve_env_id(env_name)] * len(paths)
+        except EnvError as exc:
+            raise UserError(str(exc), "--env") from None
+    else:
+        env_ids = [state["config"]["env_id"] for state in states]
+        for p, env_id in zip(paths, env_ids):
+            try:
+                require_trusted(env_id, str(p), trust_env, env_option=True)
+            except EnvError as exc:
+                raise UserError(str(exc), "CHECKPOINT") from None
+    _check_outputs(paths, video)
+    return [EvalJob(p, state, env_id) for p, state, env_id in zip(paths, states, env_ids)]
+
+
+def _check_outputs(paths: list[Path], video: Path | None) -> None:
+    if video is not None:
+        if len(paths) > 1:
+            raise UserError(f"--video needs one checkpoint, the folder holds {len(paths)}; pass a seed folder, "
+                            f"or use --render to write one video per seed")
+        try:
+            check_video_path(video)
+        except RenderError as exc:
+            raise UserError(str(exc), "--video") from None
+    for folder in dict.fromkeys([p.parent for p in paths] + ([video.parent] if video is not None else [])):
+        try:
+            check_writable(folder)
+        except OSError as exc:
+            at_fault = "--video" if video is not None and folder == video.parent else "CHECKPOINT"
+            raise UserError(f"cannot write the evaluation's files to {folder}: {exc.strerror or exc}",
+                            at_fault) from None
+
+
+def check_envs(jobs: list[EvalJob], loaded: list[LoadedAgent], render_mode: str | None) -> None:
+    """Build each environment once: it must exist here and fit every policy evaluated on it."""
+    for env_id in dict.fromkeys(job.env_id for job in jobs):
+        try:
+            env = make_env(env_id, render_mode=render_mode)
+        except EnvError as exc:
+            raise UserError(f"the checkpoint's environment cannot be built here: {exc}", "CHECKPOINT") from None
+        try:
+            for agent in (a for a, job in zip(loaded, jobs) if job.env_id == env_id):
+                check_env_fits(agent, env, env_id)
+        except EnvError as exc:
+            raise UserError(str(exc), "CHECKPOINT") from None
+        finally:
+            env.close()
 
 
 def load_agent(path: Path, state: dict[str, Any] | None = None) -> LoadedAgent:

@@ -21,11 +21,11 @@ It stays a torch autograd node: the parameters are the module's tensors (numpy v
 copy), ``loss.backward()`` hands the gradient to autograd, which accumulates it into ``.grad``,
 and torch's Adam steps. Where the parameters are views into one flat tensor (the trainer's
 :class:`~ppo_cli.optim.FlatAdam`), that tensor is the node's one input and the gradient one
-vector: autograd's engine then accumulates one tensor instead of seven (measured: ~100 us less
-per minibatch; the engine's fixed cost per ``backward()`` is ~60 us here). Value and gradients
-equal the composed torch path (tested in float64 to 1e-10, across value clip, dual clip, entropy
-and depths; float32 training matches it to rounding). In all, a minibatch takes ~0.6-0.75 ms
-instead of ~1.0 ms with a fused torch loss and ~1.2 ms fully composed.
+vector: autograd's engine then accumulates one tensor instead of seven. Value and gradients equal
+the composed torch path, :func:`ppo_cli.losses.minibatch_loss` (``--update autograd``; tested in
+float64 to 1e-10, across value clip, dual clip, entropy and depths; float32 training matches it to
+rounding). :func:`unsupported` says what it cannot compute; it is used only where it can. What it
+saves per minibatch is measured in ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -147,6 +147,21 @@ class FusedGaussianPPO(torch.autograd.Function):
         return (None,) * 7 + tuple(g if scale == 1.0 else g * scale for g in ctx.grads)
 
 
+def unsupported(agent: ActorCritic) -> str | None:
+    """Why :class:`FusedLoss` cannot compute ``agent``'s loss, or None: it knows a Gaussian policy of
+    tanh MLPs (:class:`~ppo_cli.agent.ActorCritic`) with float32 or float64 parameters on the CPU."""
+    if agent.discrete:
+        return "its actions are discrete (the fused update is for Gaussian policies)"
+    if getattr(agent, "activation", None) != "tanh":
+        return f"its activation is {getattr(agent, 'activation', 'unknown')} (the fused update knows tanh)"
+    for p in agent.parameters():
+        if p.device.type != "cpu":
+            return f"its parameters are on {p.device} (the fused update computes in numpy, on the CPU)"
+        if p.dtype not in (torch.float32, torch.float64):
+            return f"its parameters are {p.dtype} (the fused update computes float32 or float64)"
+    return None
+
+
 class FusedLoss:
     """The minibatch loss of a Gaussian ``agent`` through :class:`FusedGaussianPPO`:
     ``loss_fn(obs, actions, old_logprobs, old_values, returns, advantages)`` ->
@@ -159,8 +174,9 @@ class FusedLoss:
     """
 
     def __init__(self, agent: ActorCritic, coefs: LossCoefs, flat: torch.Tensor | None = None) -> None:
-        if agent.discrete:
-            raise ValueError("FusedLoss is for Gaussian policies")
+        problem = unsupported(agent)
+        if problem is not None:
+            raise ValueError(f"the fused update cannot compute this policy: {problem}")
         self.coefs = coefs
         self.params = list(agent.parameters())
         # each parameter's slice of a flat vector, in parameters() order

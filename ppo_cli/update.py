@@ -1,6 +1,6 @@
 """One PPO update over a rollout: epochs of shuffled minibatches, the KL early stop, the statistics.
 
-Decisions, stated once (the README's algorithm notes repeat them):
+Decisions, stated once (docs/algorithm.md repeats them):
 
 * ``update_epochs`` passes over the batch in ``num_minibatches`` shuffled minibatches;
   advantages recomputed with the current critic before each epoch after the first
@@ -48,24 +48,36 @@ class UpdateStats:
     action_std: float | None
 
 
-def make_loss_fn(agent: ActorCritic, config: Config, optimizer: torch.optim.Optimizer | None = None) -> LossFn:
-    """The minibatch loss bound to ``agent`` and ``config``.
+def update_path(agent: ActorCritic, config: Config) -> str:
+    """``"fused"`` or ``"autograd"``: what ``config.update`` means for ``agent`` (``auto``: fused where it
+    applies; ``--compile``: autograd). Raises ``ValueError`` where fused was asked for and cannot be used."""
+    if config.update == "autograd" or config.compile:
+        return "autograd"
+    problem = fused.unsupported(agent)
+    if problem is None:
+        return "fused"
+    if config.update == "fused":
+        raise ValueError(f"--update fused cannot compute this policy: {problem}; use --update autograd")
+    return "autograd"
 
-    Gaussian policies use :class:`~ppo_cli.fused.FusedLoss` (the same value and gradient as
-    :func:`~ppo_cli.losses.minibatch_loss`, computed in one autograd node; its input is the
-    optimizer's flat tensor where ``optimizer`` is a :class:`~ppo_cli.optim.FlatAdam`),
-    categorical ones :func:`~ppo_cli.losses.minibatch_loss`. With ``config.compile`` it is
-    :func:`~ppo_cli.losses.minibatch_loss` compiled with ``torch.compile``. Compiling happens at
-    the first call; if it fails (no C compiler, an unsupported platform) the eager function is
-    used from then on and a warning is logged.
+
+def make_loss_fn(agent: ActorCritic, config: Config, optimizer: torch.optim.Optimizer | None = None) -> LossFn:
+    """The minibatch loss bound to ``agent`` and ``config`` (see :func:`update_path`).
+
+    ``fused``: :class:`~ppo_cli.fused.FusedLoss`, the value and gradient of
+    :func:`~ppo_cli.losses.minibatch_loss` in one autograd node, whose input is the optimizer's flat
+    tensor where ``optimizer`` is a :class:`~ppo_cli.optim.FlatAdam`. ``autograd``:
+    :func:`~ppo_cli.losses.minibatch_loss` itself, or with ``config.compile`` compiled by
+    ``torch.compile`` at its first call; if compiling fails (no C compiler, an unsupported platform)
+    the eager function is used from then on and a warning is logged.
     """
-    if not config.compile:
-        if agent.discrete:
-            return functools.partial(losses.minibatch_loss, agent, config)
+    if update_path(agent, config) == "fused":
         coefs = fused.LossCoefs(config.clip_coef, config.dual_clip, config.clip_vloss, config.ent_coef,
                                 config.vf_coef)
         return fused.FusedLoss(agent, coefs, optimizer.flat if isinstance(optimizer, FlatAdam) else None)
     eager = functools.partial(losses.minibatch_loss, agent, config)
+    if not config.compile:
+        return eager
     compiled = torch.compile(eager, dynamic=False)
     current: list[LossFn] = [compiled]
 

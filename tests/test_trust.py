@@ -23,8 +23,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ppo_cli import cli as cli_module
-from ppo_cli.checkpoint import load_checkpoint, save_checkpoint
+from ppo_cli import runs
+from ppo_cli.checkpoint import load_checkpoint
 from ppo_cli.cli import cli
 from ppo_cli.config import Config
 from ppo_cli.diagnostics import TIMING_COLUMNS, _truncate, valid_row
@@ -509,13 +509,13 @@ def test_11_a_run_name_too_long_or_not_a_name_creates_nothing(tmp_path):
 
 
 def test_11_the_run_name_taken_between_check_and_create_is_one_error(tmp_path, monkeypatch):
-    real = cli_module._check_run_name
+    real = runs.check_run_name
 
     def another_process_gets_there_first(env_dir, run_name):
         real(env_dir, run_name)
         (env_dir / run_name).mkdir(parents=True)
 
-    monkeypatch.setattr(cli_module, "_check_run_name", another_process_gets_there_first)
+    monkeypatch.setattr(runs, "check_run_name", another_process_gets_there_first)
     result = invoke("train", "pendulum", "--out", tmp_path, "--run-name", "mine", "--total-steps", "512", *SMALL)
     assert result.exit_code == 2 and "mine already exists" in text(result)
     assert list((tmp_path / "Pendulum-v1" / "mine").iterdir()) == []  # the other process's folder, untouched

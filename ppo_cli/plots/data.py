@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ppo_cli.diagnostics import PROGRESS_COLUMNS
+from ppo_cli.errors import UserError
 from ppo_cli.layout import CONFIG_FILE, EPISODES_FILE, EVAL_FILE, PROGRESS_FILE
 from ppo_cli.plots import X_AXES
 
@@ -44,15 +45,14 @@ NOT_METRICS = ("global_step", "iteration")
 TABLE_COLUMNS = ("env", "run", "seed", "step", "time_s", "metric", "value")
 
 
-class PlotError(ValueError):
+class PlotError(UserError):
     """A user mistake in what is plotted: ``param`` names the CLI parameter at fault.
 
     ``warnings`` are the files skipped before the error was found (shown before the error).
     """
 
     def __init__(self, message: str, param: str | None = None, warnings: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.param = param
+        super().__init__(message, param)
         self.warnings = list(warnings)
 
 

@@ -1,0 +1,135 @@
+"""What ``ppo`` prints with rich: the live training display, and the tables of each command.
+
+The CLI decides what to show; these render it. Nothing here computes a result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ppo_cli.config import Config
+
+
+def print_eval(console: Console, result: Any) -> None:
+    mode = "deterministic" if result.deterministic else "stochastic"
+    console.print(f"{result.checkpoint}", highlight=False, soft_wrap=True)
+    table = Table(title=f"{result.env_id} at step {result.global_step:,} ({mode})")
+    table.add_column("episode", justify="right")
+    table.add_column("return", justify="right")
+    table.add_column("length", justify="right")
+    for k, (ret, length) in enumerate(zip(result.returns, result.lengths)):
+        table.add_row(str(k), f"{ret:.1f}", str(length))
+    table.add_section()
+    table.add_row("mean +- std", f"{result.mean:.1f} +- {result.std:.1f}",
+                  f"{sum(result.lengths) / len(result.lengths):.0f}")
+    console.print(table)
+    if result.video:
+        console.print(f"video: {result.video}", highlight=False, soft_wrap=True)
+
+
+
+def print_plot_summary(console: Console, summary: Any) -> None:
+    """The final-return table, and with ``--eval`` a second one for the ``eval.json`` returns."""
+    from rich import box
+    from rich.markup import escape
+
+    def num(value: float) -> str:  # about 4 significant digits; NaN: no value
+        return "-" if value != value else f"{value:.0f}" if abs(value) >= 100 else f"{value:#.3g}"
+
+    def steps(low: int, high: int) -> str:
+        short = [f"{v / 1e6:.4g}M" if v >= 1e6 else f"{v / 1e3:.4g}k" if v >= 1e3 else str(v) for v in (low, high)]
+        return short[1] if low == high else "-".join(short)
+
+    tables = [("Final return: mean of the last 10% of steps per seed", "final",
+               lambda row: [str(row.seeds), steps(row.steps_min, row.steps_max)], ["seeds", "steps"])]
+    if "eval_seeds" in summary.columns:
+        tables.append(("Evaluation: mean return of each seed's eval.json", "eval",
+                       lambda row: [str(row.eval_seeds)], ["seeds"]))
+    for title, prefix, first_cells, first_columns in tables:
+        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in ["env", "run", *first_columns, "mean +- std", "IQM [95% CI]"]:
+            text = column in {"env", "run"}
+            width = max([len(column)] + [len(v) for v in summary[column]]) if text else None
+            table.add_column(column, justify="left" if text else "right", overflow="fold",
+                             min_width=min(width, 24) if text else None)
+        for row in summary.itertuples(index=False):
+            value = {k: getattr(row, f"{prefix}_{k}") for k in ("mean", "std", "iqm", "iqm_ci_low", "iqm_ci_high")}
+            table.add_row(escape(row.env), escape(row.run), *first_cells(row),
+                          f"{num(value['mean'])} +- {num(value['std'])}",
+                          f"{num(value['iqm'])} [{num(value['iqm_ci_low'])}, {num(value['iqm_ci_high'])}]")
+        console.print(table)
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+class LiveDisplay:
+    """A rich progress bar per seed: steps, SPS, latest return, ETA."""
+
+    def __init__(self, console: Console, configs: list[Config]) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]seed {task.fields[seed]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[sps]:>6} sps"), TextColumn("return {task.fields[ret]:>8}"),
+            TimeRemainingColumn(), console=console)
+        self.tasks = {cfg.seed: self.progress.add_task("train", total=cfg.num_iterations * cfg.batch_size,
+                                                       seed=cfg.seed, sps="-", ret="-", start=False)
+                      for cfg in configs}
+
+    def __enter__(self) -> LiveDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_event(self, event: tuple[str, int, Any]) -> None:
+        kind, seed, payload = event
+        task = self.tasks[seed]
+        if kind == "start":
+            self.progress.start_task(task)
+        elif kind == "iteration":
+            ret = payload["final_return"]
+            self.progress.update(task, completed=payload["global_step"], sps=str(payload["sps"]), ret=_fmt(ret))
+
+
+class QuietDisplay:
+    """One plain line per iteration and seed."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def __enter__(self) -> QuietDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def on_event(self, event: tuple[str, int, Any]) -> None:
+        kind, seed, payload = event
+        if kind == "iteration":
+            self.console.print(f"seed {seed} step {payload['global_step']}/{payload['total_steps']} "
+                               f"sps {payload['sps']} return {_fmt(payload['final_return'])}",
+                               highlight=False, soft_wrap=True)
+
+
+def print_run_summary(console: Console, results: list[Any]) -> None:
+    table = Table(title="Runs")
+    for column in ("seed", "status", "final return", "steps", "wall time", "files"):
+        table.add_column(column, justify="right" if column in {"final return", "steps", "wall time"} else "left",
+                         overflow="fold")
+    for r in results:
+        style = {"finished": "green", "interrupted": "yellow", "failed": "red"}[r.status]
+        table.add_row(str(r.seed), f"[{style}]{r.status}[/{style}]", _fmt(r.final_return), f"{r.global_step:,}",
+                      f"{r.wall_time_s:.1f} s", r.run_dir)
+    console.print(table)
+    for r in results:
+        if r.message:
+            console.print(f"seed {r.seed}: {r.message}", highlight=False, soft_wrap=True)
+        if r.status == "interrupted" and r.checkpoint and r.global_step:
+            console.print(f"seed {r.seed}: checkpoint of step {r.global_step:,} in {r.checkpoint}",
+                          highlight=False, soft_wrap=True)
