@@ -47,7 +47,7 @@ import numpy as np
 from gymnasium.envs.registration import find_highest_version, registry
 from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
-from ppo_cli.lean_step import lean_step
+from ppo_cli.lean_step import lean_step, matches_env_step
 
 # alias -> Gymnasium environment name (without version)
 ALIASES: dict[str, str] = {
@@ -167,6 +167,15 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         raise EnvError(f"cannot make {env_id!r}: {type(exc).__name__}: {exc}") from exc
 
 
+def probe_spaces(env_id: str) -> EnvSpaces:
+    """Build one environment of ``env_id`` to check that it builds and fits ppo; returns its spaces."""
+    env = make_env(env_id)
+    try:
+        return check_spaces(env, env_id)
+    finally:
+        env.close()
+
+
 @dataclass(frozen=True)
 class EnvSpaces:
     """What the agent needs to know of an environment."""
@@ -222,6 +231,11 @@ class EnvBatch:
         peeled = [_peel(env) for env in made]
         self.envs = [env for env, _ in peeled]
         self.lean_steps = [lean_step(env) for env in self.envs]  # None: the env's own step
+        self.notes: list[str] = []  # what the user should know about how the environments are stepped
+        lean = any(step is not None for step in self.lean_steps)
+        if lean and not matches_env_step(lambda: _peel(make_env(env_id))[0]):
+            self.lean_steps = [None] * num_envs
+            self.notes.append(f"this Gymnasium's {env_id} step differs from ppo's lean MuJoCo step; using env.step")
         self.max_episode_steps = peeled[0][1]
         self.seeds = list(seeds)
         self.num_envs = num_envs
@@ -371,6 +385,7 @@ class EnvPoolBatch:
         self._idle = np.zeros((n,) if self.spaces.discrete else (n, self.spaces.act_dim),
                               dtype=np.int64 if self.spaces.discrete else np.float64)
         self.exact = True
+        self.notes: list[str] = []
 
     def reset(self) -> np.ndarray:
         self.obs[:] = self.pool.reset()[0]

@@ -1,11 +1,12 @@
 """Lean ``step`` functions for Gymnasium's planar MuJoCo locomotion tasks (Hopper, Walker2d, HalfCheetah).
 
-Gymnasium's Python around the physics costs about as much as the physics itself on Hopper
-(``is_healthy`` evaluated twice, ``state_vector``, properties, the info dict). These functions
+Gymnasium's Python around the physics is a large share of a step's cost (``is_healthy`` evaluated
+twice, ``state_vector``, properties, the info dict; ``docs/performance.md`` measures it). These functions
 compute exactly what the v4 and v5 ``step`` methods compute, the same floating-point operations
 in the same order, on the environment's own ``MjModel``/``MjData``, so observations, rewards and
 terminations are bit-identical (tested step for step, through terminations, against
-``env.step``). Resets, seeding, rendering and everything else stay Gymnasium's.
+``env.step``), and :func:`matches_env_step` checks it again against the installed Gymnasium at the
+start of every run. Resets, seeding, rendering and everything else stay Gymnasium's.
 
 :func:`lean_step` returns ``None`` for anything it does not know exactly: other classes (also
 subclasses, which may override ``step``) and environments with a ``render_mode``.
@@ -28,6 +29,33 @@ _KNOWN = {
     "gymnasium.envs.mujoco.half_cheetah_v5": ("half_cheetah", 5),
 }
 _CLASS_NAMES = {"hopper": "HopperEnv", "walker2d": "Walker2dEnv", "half_cheetah": "HalfCheetahEnv"}
+
+
+def matches_env_step(make: Callable[[], Any], steps: int = 30, seed: int = 0) -> bool:
+    """Whether :func:`lean_step` computes what ``env.step`` computes for environments from ``make``,
+    bit for bit, over the first ``steps`` steps of an episode with random actions (checked once per
+    run: a Gymnasium release that changes a task's ``step`` makes the trainer fall back to it)."""
+    lean_env, plain_env = make(), make()
+    try:
+        lean = lean_step(lean_env)
+        if lean is None:
+            return False
+        rng = np.random.default_rng(seed)
+        lean_env.reset(seed=seed)
+        plain_env.reset(seed=seed)
+        low, high = plain_env.action_space.low, plain_env.action_space.high
+        for _ in range(steps):
+            action = rng.uniform(low, high).astype(plain_env.action_space.dtype)
+            obs, reward, terminated = lean(action)
+            want_obs, want_reward, want_terminated, _, _ = plain_env.step(action)
+            if not (np.array_equal(obs, want_obs) and reward == want_reward and terminated == want_terminated):
+                return False
+            if terminated:
+                break
+        return True
+    finally:
+        lean_env.close()
+        plain_env.close()
 
 
 def lean_step(env: Any) -> Step | None:

@@ -51,12 +51,14 @@ class FlatAdam(torch.optim.Adam):
         self.flat = nn.Parameter(flat)
         self.flat.grad = grad
         self.grad_array = grad.numpy()  # the same memory
+        kernel = getattr(torch, "_fused_adam_", None)
         try:
-            super().__init__([self.flat], lr=lr, eps=eps, fused=True)
-            self.lean = hasattr(torch, "_fused_adam_")
+            super().__init__([self.flat], lr=lr, eps=eps, fused=kernel is not None)
         except (RuntimeError, TypeError):  # torch builds without the fused CPU kernel
             super().__init__([self.flat], lr=lr, eps=eps)
-            self.lean = False
+            kernel = None
+        self._kernel = kernel
+        self.lean = kernel is not None
 
     def lean_step(self) -> None:
         """``step()``: ``torch._fused_adam_`` on the flat tensor (``step()`` itself for the first
@@ -70,7 +72,7 @@ class FlatAdam(torch.optim.Adam):
         step = state["step"]
         step.add_(1)
         try:
-            torch._fused_adam_([self.flat], [self.flat.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [step],
+            self._kernel([self.flat], [self.flat.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [step],
                                amsgrad=group["amsgrad"], lr=group["lr"], beta1=beta1, beta2=beta2,
                                weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
                                grad_scale=None, found_inf=None)

@@ -8,7 +8,7 @@
         stats = _update(run)                     # GAE, then the PPO update (ppo_cli.update)
         _log(run, stats)                         # one progress.csv row, finished episodes, checkpoint
 
-Decisions, stated once (the README repeats them):
+Decisions, stated once (docs/algorithm.md repeats them):
 
 * Rollout: ``num_steps`` x ``num_envs`` transitions into preallocated storage. Actions come from a
   numpy copy of the policy (:class:`~ppo_cli.agent.RolloutPolicy`); the Gaussian noise of the whole
@@ -249,8 +249,9 @@ def is_write_error(exc: OSError) -> bool:
 
 
 def _resume_notes(run: _Run, resume: bool) -> str:
-    """What the user should know about a resume: inexact replay, damaged CSV lines dropped."""
-    notes = []
+    """What the user should know: how the environments are stepped, and of a resume, an inexact replay
+    or damaged CSV lines dropped."""
+    notes = list(run.envs.notes)
     if resume and not run.envs.exact:
         notes.append("the environments could not be replayed exactly; resumed from new episodes"
                      if run.config.backend == "envpool" else

@@ -64,3 +64,26 @@ def test_env_batch_uses_the_lean_step_for_hopper_and_matches_gymnasium_make():
                 np.testing.assert_array_equal(final[i], o)
                 o, _ = env.reset()
             np.testing.assert_array_equal(obs[i], o)
+
+
+def test_a_gymnasium_whose_step_differs_makes_the_batch_fall_back_to_env_step(monkeypatch):
+    """As if a Gymnasium release changed Hopper's reward: the check at the start of the run notices,
+    and the batch steps with env.step (and says so), so training computes what Gymnasium computes."""
+    from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
+
+    assert EnvBatch("Hopper-v5", 2, [0, 1]).lean_steps[0] is not None  # the installed Gymnasium matches
+    real = HopperEnv.step
+
+    def changed(self, action):
+        obs, reward, terminated, truncated, info = real(self, action)
+        return obs, reward + 1.0, terminated, truncated, info
+
+    monkeypatch.setattr(HopperEnv, "step", changed)
+    batch = EnvBatch("Hopper-v5", 2, [0, 1])
+    assert batch.lean_steps == [None, None]
+    assert batch.notes == ["this Gymnasium's Hopper-v5 step differs from ppo's lean MuJoCo step; using env.step"]
+    batch.reset()
+    _, rewards, _, _, _ = batch.step(np.zeros((2, 3)))
+    reference = gym.make("Hopper-v5").unwrapped
+    reference.reset(seed=0)
+    assert rewards[0] == changed(reference, np.zeros(3))[1]
