@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One change at a time from the default config, 1M steps (README "Learning quality", and
+# One change at a time from the default config, 1M steps (docs/benchmarks.md, and
 # benchmarks/results/mujoco/EXPERIMENTS.md). Two runs at a time (2 cores); each writes
 # benchmarks/results/mujoco/ablations/<name>/summary.csv.
 #   bash benchmarks/ablations.sh            # about 2 hours on 2 cores

@@ -78,21 +78,22 @@ def interrupt(proc: subprocess.Popen, run_dir: Path, delay: float, how: str, tar
         pids |= worker_pids(run_dir)
         time.sleep(0.02)
     pids |= worker_pids(run_dir)
-    if proc.poll() is None:
+    sent = proc.poll() is None
+    if sent:
         try:
             if target == "group":
                 os.killpg(proc.pid, SIGNALS[how])
             else:
                 os.kill(proc.pid, SIGNALS[how])
         except ProcessLookupError:
-            pass
+            sent = False
     try:
         _, stderr = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         _, stderr = proc.communicate()
         return -999, "launcher hung after the signal"
-    return proc.returncode, stderr
+    return proc.returncode, stderr if sent else "not sent: the command had ended"
 
 
 def count_orphans(pids: set[int], grace: float = 30.0) -> int:
@@ -160,7 +161,8 @@ def main() -> None:
             delay, how, target = rng.uniform(0.1, duration * 1.1), rng.choice(list(SIGNALS)), rng.choice(
                 ["parent", "group"])
             code, stderr = interrupt(proc, run_dir, delay, how, target, pids)
-            events.append(f"SIG{how} to {target} at {delay:.1f} s -> {code}")
+            late = " (it had ended)" if stderr.startswith("not sent") else ""
+            events.append(f"SIG{how} to {target} at {delay:.1f} s{late} -> {code}")
             if "Traceback" in stderr:
                 events.append("TRACEBACK: " + stderr.strip().splitlines()[-1])
             lost_orphans += count_orphans(pids)  # workers must be gone before anything resumes

@@ -38,10 +38,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ppo_cli.checkpoint import load_checkpoint
+from ppo_cli.checkpoint import read_checkpoint
 from ppo_cli.config import PRESETS, Config, ConfigError, preset, task_family
 from ppo_cli.envs import resolve_env_id
+from ppo_cli.files import atomic_write_text
 from ppo_cli.launch import SeedJob, run_one
+from ppo_cli.layout import (CHECKPOINT_FILE, EVAL_FILE, PROGRESS_FILE, LayoutError, env_folder, is_seed_dir,
+                            plan_resume, seed_dirs, seed_folder)
 
 TASKS = ("Hopper-v4", "HalfCheetah-v4", "Walker2d-v4")
 TARGETS = {  # evaluation IQM targets of the learning-quality issue at 1M steps, set for v4 (v5: for scale)
@@ -90,20 +93,19 @@ def seed_jobs(runs: Path, name: str, configs: dict[str, Config], seeds: range) -
     for seed in seeds:
         for env_id, task_config in configs.items():
             config = task_config.replace(seed=seed)
-            seed_dir = runs / env_id / name / f"seed_{seed}"
-            checkpoint = seed_dir / "checkpoint.pt"
-            if checkpoint.is_file():
-                state = load_checkpoint(checkpoint)
-                saved = Config.from_dict(state["config"])
-                if saved.replace(total_steps=config.total_steps) != config:
-                    raise SystemExit(f"{seed_dir} was trained with another config; use another --name "
-                                     f"or remove it")
-                if int(state["global_step"]) >= config.num_iterations * config.batch_size:
-                    continue
-                jobs.append(SeedJob(config, seed_dir, resume=True))
-            else:
+            seed_dir = seed_folder(runs / env_folder(env_id) / name, seed)
+            if not is_seed_dir(seed_dir):
                 seed_dir.mkdir(parents=True, exist_ok=True)
                 jobs.append(SeedJob(config, seed_dir))
+                continue
+            try:
+                (plan,) = plan_resume(seed_dir, config.total_steps, lambda p: read_checkpoint(p, resume=True))
+            except LayoutError as exc:
+                raise SystemExit(f"{exc}; use another --name or remove it") from None
+            if plan.config != config:
+                raise SystemExit(f"{seed_dir} was trained with another config; use another --name or remove it")
+            if plan.action != "finished":
+                jobs.append(SeedJob(config, seed_dir, resume=plan.action == "resume"))
     return jobs
 
 
@@ -139,9 +141,8 @@ def train_all(jobs: list[SeedJob], workers: int) -> bool:
 
 def evaluate_all(run_folders: list[Path], episodes: int) -> None:
     for folder in run_folders:
-        stale = [c for c in folder.glob("seed_*/checkpoint.pt")
-                 if not (c.parent / "eval.json").is_file()
-                 or (c.parent / "eval.json").stat().st_mtime < c.stat().st_mtime]
+        stale = [d for d in seed_dirs(folder) if not (d / EVAL_FILE).is_file()
+                 or (d / EVAL_FILE).stat().st_mtime < (d / CHECKPOINT_FILE).stat().st_mtime]
         if not stale:
             print(f"eval: {folder} is evaluated")
             continue
@@ -159,21 +160,21 @@ def summarise(run_folders: list[Path], results: Path, configs: dict[str, Config]
         print(f"warning: {warning}")
     seeds = []
     for folder in run_folders:
-        for seed_dir in sorted(folder.glob("seed_*")):
-            progress = pd.read_csv(seed_dir / "progress.csv")
-            evaluation = json.loads((seed_dir / "eval.json").read_text())
+        for seed_dir in seed_dirs(folder):
+            progress = pd.read_csv(seed_dir / PROGRESS_FILE)
+            evaluation = json.loads((seed_dir / EVAL_FILE).read_text())
             last = progress.iloc[-1]
             seeds.append({"env": folder.parent.name, "seed": int(seed_dir.name.split("_")[1]),
                           "eval_mean": evaluation["mean"], "eval_std": evaluation["std"],
                           "steps": int(last["global_step"]), "wall_time_s": float(last["time_s"]),
                           "sps": float(last["global_step"]) / float(last["time_s"])})
     per_seed = pd.DataFrame(seeds)
-    per_seed.to_csv(results / "seeds.csv", index=False, float_format="%.6g")
+    atomic_write_text(results / "seeds.csv", per_seed.to_csv(index=False, float_format="%.6g"))
     timing = per_seed.groupby("env").agg(wall_time_s=("wall_time_s", "median"), sps=("sps", "median"))
     summary = plotted.summary.join(timing, on="env")
     summary["target"] = summary["env"].map(lambda env_id: TARGETS.get(task_family(env_id)))
-    summary.to_csv(results / "summary.csv", index=False, float_format="%.6g")
-    (results / "config.json").write_text(json.dumps(config_record(configs), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(results / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(results / "config.json", json.dumps(config_record(configs), indent=2) + "\n")
     return summary
 
 
@@ -212,7 +213,7 @@ def main() -> None:
     except ConfigError as exc:
         raise SystemExit(f"--set: {exc}") from None
     results = args.results or Path("benchmarks/results/mujoco") / args.name
-    folders = [args.runs / env_id / args.name for env_id in tasks]
+    folders = [args.runs / env_folder(env_id) / args.name for env_id in tasks]
     start = time.perf_counter()
     if not args.skip_train:
         seeds = range(args.first_seed, args.first_seed + args.seeds)

@@ -15,7 +15,7 @@ and ``learn()``. Neither timing includes imports: each child imports its library
 ``torch._dynamo`` on first use, ~1.5 s here, once per process, for both libraries alike).
 
 These classic settings are pinned (``CLASSIC``, ``ppo train --preset classic``): ``ppo``'s own
-defaults differ (64 environments x 32 steps; see README "Learning quality"), and are measured once
+defaults differ (64 environments x 32 steps; see docs/benchmarks.md), and are measured once
 too (``ppo defaults``, also with ``--backend envpool``).
 
 Afterwards, once each: ``ppo --backend envpool --num-envs 16 --num-steps 512`` (needs the ``fast``

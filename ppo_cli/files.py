@@ -53,9 +53,10 @@ def _fsync_dir(folder: Path) -> None:
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix) for a writer that needs a file name;
-    when the block ends without an error, sync it and rename it over ``path``; otherwise delete it."""
+    when the block ends without an error, sync it and rename it over ``path``; otherwise delete it.
+    An ``OSError`` names ``path``, the file the user knows."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         os.chmod(tmp, file_mode())
@@ -68,7 +69,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno is not None:  # name the file the user knows
+        if isinstance(exc, OSError) and exc.errno is not None:
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     _fsync_dir(path.parent)
@@ -76,21 +77,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temporary file beside ``path`` (binary), sync it, and rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, file_mode())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno is not None:  # name the file the user knows
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -1,6 +1,5 @@
 """The fused numpy minibatch (ppo_cli.fused) against the same loss composed from torch operations."""
 
-import numpy as np
 import pytest
 import torch
 
