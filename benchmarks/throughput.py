@@ -22,8 +22,8 @@ Afterwards, once each: ``ppo --backend envpool --num-envs 16 --num-steps 512`` (
 extra), ``ppo``'s defaults with both backends, and two ``ppo`` seeds at once (``--seeds 2`` on 2
 cores) for the total step rate, compared with one seed run just before them (the machine's speed
 drifts, so the pair is compared with its neighbour, not with the medians of earlier runs).
-``--compile`` is timed by ``benchmarks/update_speed.py``: it compiles the composed loss, which is
-slower than the fused one.
+The update paths (``--update fused|autograd``, ``--compile``) are timed by
+``benchmarks/update_speed.py``.
 
 Prints each run's steps/s, the medians, their ratios, the raw ``gymnasium.make`` step rate, and
 ``ppo``'s split between rollout and update (microseconds per environment step). The last line is
