@@ -5,8 +5,9 @@
 
 Each round starts ``ppo train Pendulum-v1 --seeds 2 --jobs 2`` (a small config, checkpoints every
 4 of 40 iterations) in a session of its own, waits a random time (from the first second of start-up
-to past the end of training), and sends SIGINT, SIGTERM or SIGKILL to the launcher alone or to its
-whole process group. With probability 1/2 the first resume is interrupted the same way. Then
+to the end of an uninterrupted run), and sends SIGINT, SIGTERM or SIGKILL to the launcher alone or
+to its whole process group. With probability 1/2 the first resume is interrupted the same way
+(within the first half of that time). Then
 ``ppo train --resume`` runs until it succeeds (a run stopped before its folder existed is started
 again instead). At the end every seed's ``progress.csv`` and ``episodes.csv`` are compared with
 those of an uninterrupted run of the same command, timing columns aside.
@@ -138,9 +139,10 @@ def main() -> None:
         raise SystemExit(f"the uninterrupted run failed:\n{done.stderr}")
     duration = time.monotonic() - began
     reference = work / "reference" / "Pendulum-v1" / "default"
-    print(f"uninterrupted run: {duration:.1f} s; delays drawn from 0.1-{duration * 1.1:.1f} s", flush=True)
+    print(f"uninterrupted run: {duration:.1f} s; delays drawn from 0.1-{duration:.1f} s (resumes: half that)",
+          flush=True)
 
-    identical_rounds = lost_rows = orphans = 0
+    identical_rounds = lost_rows = orphans = delivered = 0
     for k in range(1, args.rounds + 1):
         out = work / f"round_{k}"
         run_dir = out / "Pendulum-v1" / "default"
@@ -158,10 +160,11 @@ def main() -> None:
                 if code == 0:
                     break
                 continue
-            delay, how, target = rng.uniform(0.1, duration * 1.1), rng.choice(list(SIGNALS)), rng.choice(
-                ["parent", "group"])
+            span = duration if attempt == 0 else duration / 2  # a resume has less left to do
+            delay, how, target = rng.uniform(0.1, span), rng.choice(list(SIGNALS)), rng.choice(["parent", "group"])
             code, stderr = interrupt(proc, run_dir, delay, how, target, pids)
             late = " (it had ended)" if stderr.startswith("not sent") else ""
+            delivered += not late
             events.append(f"SIG{how} to {target} at {delay:.1f} s{late} -> {code}")
             if "Traceback" in stderr:
                 events.append("TRACEBACK: " + stderr.strip().splitlines()[-1])
@@ -173,6 +176,7 @@ def main() -> None:
         orphans += lost_orphans
         print(f"round {k:>2}: {'identical' if same else 'DIFFERENT'}, lost rows {lost}, orphans {lost_orphans}; "
               f"{'; '.join(events)}", flush=True)
+    print(f"{delivered} signals delivered while a command ran (the others arrived after it had ended)")
     print(f"rounds={args.rounds} identical={identical_rounds} lost_rows={lost_rows} orphans={orphans}")
     if args.out is None:
         shutil.rmtree(work, ignore_errors=True)
