@@ -184,7 +184,7 @@ def train(ctx: click.Context, env: str | None, num_seeds: int, jobs: int | None,
                 console.print(f"{verb} [bold]{configs[0].env_id}[/bold] for "
                               f"{configs[0].num_iterations * configs[0].batch_size:,} steps x {len(configs)} "
                               f"seed(s) ({parallel} in parallel) -> {run_dir}", highlight=False, soft_wrap=True)
-                display = QuietDisplay(console) if quiet else LiveDisplay(console, configs)
+                display = QuietDisplay(console, configs) if quiet else LiveDisplay(console, configs)
                 with display:
                     results = run_seeds(plan.jobs, parallel, display.on_event, stop)
                 print_run_summary(console, results)
@@ -387,7 +387,60 @@ def plot(folders: tuple[Path, ...], metrics: str | None, smooth: int, x_axis: st
     console.print(f"summary: {result.summary_path}", highlight=False, soft_wrap=True)
 
 
-def _plot_path(folder: Path, out: str | None, fmt: str | None) -> Path:
+@cli.command(name="diagnose")
+@click.argument("folders", nargs=-1, required=True, metavar="FOLDER...",
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON on stdout instead of tables.")
+@click.option("--plot", "with_plot", is_flag=True,
+              help="Also draw the `ppo plot` figure with each finding's steps shaded and numbered.")
+@click.option("--out", type=str, default=None,
+              help="With --plot: the figure file, or a folder for it [default: FOLDER/plots/diagnosis.png].")
+def diagnose_command(folders: tuple[Path, ...], as_json: bool, with_plot: bool, out: str | None) -> None:
+    """Read each run's diagnostics across seeds and say what went wrong and what to try.
+
+    FOLDER is a run folder (all its seeds), a seed folder, or a results tree (every run below it).
+    Each finding gives its evidence (metric, seeds, steps, value against its threshold), what it
+    usually means and what to try as `ppo train` options. Exit code 0 whatever it finds.
+
+    \b
+    Example:
+      ppo diagnose results/Hopper-v5/default
+      ppo diagnose results/ --json
+      ppo diagnose results/Hopper-v5/default --plot
+    """
+    import json
+
+    from ppo_cli.diagnose import diagnose, highlights
+    from ppo_cli.display import print_diagnosis
+    from ppo_cli.plots.data import PlotError
+
+    try:
+        reports, warnings = diagnose(list(folders))
+        figure = None
+        if with_plot:
+            from ppo_cli.plots.report import plot_runs
+
+            marks, metrics = highlights(reports)
+            figure = plot_runs(list(folders), _plot_path(folders[0], out, None, "diagnosis"), metrics,
+                               highlights=marks).figure_path
+    except PlotError as exc:
+        for warning in exc.warnings:
+            click.echo(f"Warning: {warning}", err=True)
+        raise click.BadParameter(str(exc), param_hint=f"'{exc.param or 'FOLDER...'}'") from None
+    for warning in warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    if as_json:
+        click.echo(json.dumps({"runs": [r.to_dict() for r in reports], "figure": str(figure) if figure else None},
+                              indent=2))
+        return
+    console = Console()
+    for report in reports:
+        print_diagnosis(console, report)
+    if figure is not None:
+        console.print(f"figure: {figure}", highlight=False, soft_wrap=True)
+
+
+def _plot_path(folder: Path, out: str | None, fmt: str | None, name: str | None = None) -> Path:
     """The figure file from ``--out`` and ``--format`` (default ``FOLDER/plots/learning_curves.png``).
 
     ``--out`` names a folder (created if needed) when it is one, ends in ``/`` or has no suffix;
@@ -396,8 +449,9 @@ def _plot_path(folder: Path, out: str | None, fmt: str | None) -> Path:
     """
     from ppo_cli.plots import DEFAULT_FIGURE, FORMATS
 
+    name = name or DEFAULT_FIGURE
     if out is None:
-        return folder / "plots" / f"{DEFAULT_FIGURE}.{fmt or 'png'}"
+        return folder / "plots" / f"{name}.{fmt or 'png'}"
     path = Path(out)
     if not out.strip():
         raise click.BadParameter("give a figure file or a folder", param_hint="'--out'")
@@ -408,7 +462,7 @@ def _plot_path(folder: Path, out: str | None, fmt: str | None) -> Path:
         if path.is_file():
             raise click.BadParameter(f"{out} is a file without a figure suffix; give a folder or a .png, .pdf "
                                      f"or .svg file", param_hint="'--out'")
-        return path / f"{DEFAULT_FIGURE}.{fmt or 'png'}"
+        return path / f"{name}.{fmt or 'png'}"
     if suffix not in FORMATS:
         raise click.BadParameter(f"{out}: the figure file must end in {', '.join('.' + f for f in FORMATS)}",
                                  param_hint="'--out'")

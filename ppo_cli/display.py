@@ -68,16 +68,31 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-class LiveDisplay:
-    """A rich progress bar per seed: steps, SPS, latest return, ETA."""
+class _Diagnosing:
+    """The live diagnosis of each seed (:class:`~ppo_cli.diagnose.LiveDiagnosis`), fed the iteration events."""
+
+    def __init__(self, configs: list[Config]) -> None:
+        from ppo_cli.diagnose import LiveDiagnosis
+
+        self.live = {cfg.seed: LiveDiagnosis(cfg.to_dict()) for cfg in configs}
+
+    def finding(self, seed: int, row: dict[str, Any]) -> Any:
+        live = self.live.get(seed)
+        return live.add(row) if live is not None else None
+
+
+class LiveDisplay(_Diagnosing):
+    """A rich progress bar per seed: steps, SPS, latest return, ETA, and the newest finding of the
+    live diagnosis."""
 
     def __init__(self, console: Console, configs: list[Config]) -> None:
+        super().__init__(configs)
         self.progress = Progress(
             TextColumn("[bold]seed {task.fields[seed]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[sps]:>6} sps"), TextColumn("return {task.fields[ret]:>8}"),
-            TimeRemainingColumn(), console=console)
+            TimeRemainingColumn(), TextColumn("{task.fields[finding]}"), console=console)
         self.tasks = {cfg.seed: self.progress.add_task("train", total=cfg.num_iterations * cfg.batch_size,
-                                                       seed=cfg.seed, sps="-", ret="-", start=False)
+                                                       seed=cfg.seed, sps="-", ret="-", finding="", start=False)
                       for cfg in configs}
 
     def __enter__(self) -> LiveDisplay:
@@ -93,14 +108,17 @@ class LiveDisplay:
         if kind == "start":
             self.progress.start_task(task)
         elif kind == "iteration":
-            ret = payload["final_return"]
-            self.progress.update(task, completed=payload["global_step"], sps=str(payload["sps"]), ret=_fmt(ret))
+            found = self.finding(seed, payload)
+            changes = {"finding": _finding_text(found)} if found is not None else {}
+            self.progress.update(task, completed=payload["global_step"], sps=str(payload["sps"]),
+                                 ret=_fmt(payload["final_return"]), **changes)
 
 
-class QuietDisplay:
-    """One plain line per iteration and seed."""
+class QuietDisplay(_Diagnosing):
+    """One plain line per iteration and seed, and one per new finding of the live diagnosis."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, configs: list[Config] = ()) -> None:
+        super().__init__(list(configs))
         self.console = console
 
     def __enter__(self) -> QuietDisplay:
@@ -115,6 +133,40 @@ class QuietDisplay:
             self.console.print(f"seed {seed} step {payload['global_step']}/{payload['total_steps']} "
                                f"sps {payload['sps']} return {_fmt(payload['final_return'])}",
                                highlight=False, soft_wrap=True)
+            found = self.finding(seed, payload)
+            if found is not None:
+                self.console.print(f"seed {seed} finding: {found.severity}: {found.what} ({found.evidence}); try "
+                                   f"{', '.join(found.try_options)}", highlight=False, soft_wrap=True)
+
+
+def _finding_text(finding: Any) -> str:
+    style = {"problem": "red", "warning": "yellow", "note": "dim"}[finding.severity]
+    return f"[{style}]{finding.what}[/{style}]"
+
+
+def print_diagnosis(console: Console, report: Any) -> None:
+    """One table per run, most severe first; a healthy run in one line."""
+    from rich.markup import escape
+
+    title = f"{report.env} / {report.run} ({len(report.seeds)} seed{'s' if len(report.seeds) != 1 else ''})"
+    if not report.findings:
+        console.print(f"{escape(title)}: [green]healthy[/green], no finding", highlight=False, soft_wrap=True)
+        return
+    verdict = "[green]healthy[/green], notes only" if report.healthy else \
+        f"{sum(f.severity == 'problem' for f in report.findings)} problem(s), " \
+        f"{sum(f.severity == 'warning' for f in report.findings)} warning(s)"
+    table = Table(title=f"{escape(title)}: {verdict}", show_lines=True, title_justify="left")
+    for column, ratio in (("severity", 1), ("what", 3), ("evidence", 5), ("what it usually means", 5),
+                          ("try", 3)):
+        table.add_column(column, ratio=ratio, overflow="fold")
+    for f in report.findings:
+        style = {"problem": "red", "warning": "yellow", "note": "dim"}[f.severity]
+        seeds = ", ".join(f.seeds)
+        evidence = f"{f.metric}, seed{'s' if len(f.seeds) > 1 else ''} {seeds}, steps {f.steps[0]:,}-{f.steps[1]:,}: " \
+                   f"{f.evidence}" + "".join(f"\ncoincides with {c}" for c in f.coincides)
+        table.add_row(f"[{style}]{f.severity}[/{style}]", escape(f.what), escape(evidence), escape(f.meaning),
+                      escape("\n".join(f.try_options)))
+    console.print(table)
 
 
 def print_run_summary(console: Console, results: list[Any]) -> None:

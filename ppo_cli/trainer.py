@@ -265,7 +265,11 @@ def _resume_notes(run: _Run, resume: bool) -> str:
 
 def _finish(run: _Run, result: TrainResult) -> None:
     """Save the last good state if it is not on disk yet and close everything; a checkpoint that
-    cannot be written (a full disk) is reported in ``result``, never raised."""
+    cannot be written (a full disk) is reported in ``result``, never raised. A failed seed's reason
+    is written to its ``error.txt`` (``ppo diagnose`` reads it)."""
+    if result.status == "failed":
+        with contextlib.suppress(OSError):
+            atomic_write_text(run.run_dir / ERROR_FILE, result.message + "\n")
     try:
         run.save_last_good()
     except OSError as exc:
@@ -308,6 +312,7 @@ def _start(config: Config, run_dir: Path, resume: bool) -> _Run:
     checkpoint_path = run_dir / CHECKPOINT_FILE
     state = read_checkpoint(checkpoint_path, resume=True) if resume else None
     remove_stale_temporaries(run_dir)  # atomic writes cut short by a hard kill
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # from an earlier attempt: this one starts afresh
     if state is not None and Config.from_dict(state["config"]).replace(total_steps=config.total_steps) != config:
         raise ValueError(f"{checkpoint_path} was trained with another config; only total_steps may change")
 

@@ -66,12 +66,14 @@ class Dataset:
     ``evals``: one row per ``eval.json`` read (env, run, seed, global_step, mean, episodes).
     ``metrics``: every metric name present in ``table``.
     ``warnings``: one line per file skipped, naming it and why.
+    ``seed_folders``: one row per seed folder read (env, run, seed, path).
     """
 
     table: pd.DataFrame
     evals: pd.DataFrame
     metrics: tuple[str, ...]
     warnings: list[str] = field(default_factory=list)
+    seed_folders: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["env", "run", "seed", "path"]))
 
 
 @dataclass
@@ -145,7 +147,9 @@ def load(folders: Sequence[Path], with_eval: bool = False) -> Dataset:
     table = table.dropna(subset=["step", "value"]).reset_index(drop=True)[list(TABLE_COLUMNS)]
     evals = pd.DataFrame(eval_rows, columns=["env", "run", "seed", "global_step", "mean", "episodes"])
     metrics = tuple(dict.fromkeys(table["metric"]))
-    return Dataset(table=table, evals=evals, metrics=metrics, warnings=warnings)
+    folders = pd.DataFrame([{"env": sd.env, "run": sd.run, "seed": sd.seed, "path": str(sd.path)} for sd in seed_dirs],
+                           columns=["env", "run", "seed", "path"])
+    return Dataset(table=table, evals=evals, metrics=metrics, warnings=warnings, seed_folders=folders)
 
 
 def align(table: pd.DataFrame, metrics: Sequence[str], x: str = "steps", smooth: int = 1,

@@ -7,6 +7,8 @@ a seaborn line and its ``ci_low``..``ci_high`` as a band. Uses matplotlib's Agg 
 
 from __future__ import annotations
 
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -48,13 +50,30 @@ def metric_label(metric: str) -> tuple[str, str]:
     return METRIC_LABELS.get(metric, (metric.replace("_", " "), metric))
 
 
-def draw_figure(curves: pd.DataFrame, metrics: Sequence[str], x: str = "steps", smooth: int = 1) -> Figure:
+@dataclass(frozen=True)
+class Highlight:
+    """A shaded step range in one panel, numbered; the legend lists ``label`` under its number."""
+
+    env: str
+    metric: str
+    x0: float
+    x1: float
+    label: str
+    severity: str = "warning"
+
+
+HIGHLIGHT_COLOURS = {"problem": "#d62728", "warning": "#ff7f0e", "note": "#7f7f7f"}
+
+
+def draw_figure(curves: pd.DataFrame, metrics: Sequence[str], x: str = "steps", smooth: int = 1,
+                highlights: Sequence[Highlight] = ()) -> Figure:
     """The figure of ``curves`` (env, run, metric, x, mean, ci_low, ci_high, seeds).
 
     One row per metric of ``metrics`` (in that order) and one column per environment (sorted),
     panel titles ``"<env>: <metric title>"``; in each panel one line per run (same colour in every
     panel, sorted by name) and its band; the legend, right of the panels, says how lines and bands
-    were computed.
+    were computed. ``highlights`` (``ppo diagnose --plot``) shade their steps in their panel,
+    numbered, and the legend lists them.
     """
     envs = sorted(curves["env"].unique())
     runs = sorted(curves["run"].unique())
@@ -64,7 +83,8 @@ def draw_figure(curves: pd.DataFrame, metrics: Sequence[str], x: str = "steps", 
 
     style = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper", font_scale=1.15)}
     with rc_context(style):  # fonts and styles are read when each artist is made
-        figure = Figure(figsize=(PANEL_WIDTH * len(envs) + 1.8, PANEL_HEIGHT * len(metrics) + 0.9),
+        legend_width = 1.8 + (3.2 if highlights else 0.0)  # findings' labels need room of their own
+        figure = Figure(figsize=(PANEL_WIDTH * len(envs) + legend_width, PANEL_HEIGHT * len(metrics) + 0.9),
                         layout="constrained")
         FigureCanvasAgg(figure)
         axes = figure.subplots(len(metrics), len(envs), sharex="col", squeeze=False)
@@ -75,13 +95,25 @@ def draw_figure(curves: pd.DataFrame, metrics: Sequence[str], x: str = "steps", 
                 _draw_panel(axes[i, j], panel, f"{env}: {title}", y_label, runs, palette, scale, x)
         for ax in axes[-1]:
             ax.set_xlabel(x_label)
+        for number, h in enumerate(highlights, start=1):
+            if h.metric in metrics and h.env in envs:
+                ax = axes[list(metrics).index(h.metric), envs.index(h.env)]
+                colour = HIGHLIGHT_COLOURS.get(h.severity, "#7f7f7f")
+                ax.axvspan(h.x0 / scale, max(h.x1, h.x0 + 1) / scale, color=colour, alpha=0.15, linewidth=0)
+                ax.text(h.x0 / scale, 0.97, f" {number}", transform=ax.get_xaxis_transform(), va="top",
+                        fontsize="small", color=colour, fontweight="bold")
         handles = [Line2D([], [], color=palette[run], linewidth=2) for run in runs]
         labels = [f"{run} (n={int(seeds[run])})" for run in runs]
         how = "line: mean across seeds\nband: 95% bootstrap CI"
         if smooth > 1:
             how += f"\neach seed first smoothed\nover {smooth} grid points"
-        figure.legend(handles, labels, title=f"{how}\n\nrun (n = seeds)", loc="outside right upper",
-                      frameon=False, alignment="left")
+        if highlights:
+            handles += [Line2D([], [], color=HIGHLIGHT_COLOURS.get(h.severity, "#7f7f7f"), linewidth=6, alpha=0.4)
+                        for h in highlights]
+            labels += [textwrap.fill(f"{n}: {h.label}", 44, subsequent_indent="    ")
+                       for n, h in enumerate(highlights, start=1)]
+        figure.legend(handles, labels, title=f"{how}\n\nrun (n = seeds)" + ("; shaded: findings" if highlights else ""),
+                      loc="outside right upper", frameon=False, alignment="left")
     return figure
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 from ppo_cli.files import atomic_write_text
 from ppo_cli.plots import DEFAULT_METRICS, SUMMARY_FILE
 from ppo_cli.plots.data import PlotError, align, load, valid_metrics
-from ppo_cli.plots.figure import draw_figure, save_figure
+from ppo_cli.plots.figure import Highlight, draw_figure, save_figure
 from ppo_cli.plots.stats import aggregate_curves, summarize
 
 
@@ -32,13 +32,14 @@ class PlotResult:
 
 
 def plot_runs(folders: Sequence[Path], figure_path: Path, metrics: Sequence[str] | None = None, x: str = "steps",
-              smooth: int = 1, with_eval: bool = False, seed: int = 0) -> PlotResult:
+              smooth: int = 1, with_eval: bool = False, seed: int = 0,
+              highlights: Sequence[Highlight] = ()) -> PlotResult:
     """Read every run below ``folders``, draw the figure to ``figure_path`` and write the summary beside it.
 
     ``metrics`` None: :data:`DEFAULT_METRICS`, leaving out those no run logged (``action_std`` of
     discrete actions). Named metrics must be :func:`valid_metrics`; one no run logged is left out
     with a warning. Raises :class:`PlotError` (with ``param``) for unknown metrics, nothing to read
-    or nothing to plot.
+    or nothing to plot. ``highlights``: shaded step ranges (see :func:`~ppo_cli.plots.figure.draw_figure`).
     """
     dataset = load(folders, with_eval=with_eval)
     warnings = list(dataset.warnings)
@@ -61,7 +62,7 @@ def plot_runs(folders: Sequence[Path], figure_path: Path, metrics: Sequence[str]
     if curves.empty:
         raise PlotError(f"no values of {', '.join(chosen)} to plot against {x}", param="--metrics", warnings=warnings)
     summary = summarize(dataset.table, dataset.evals if with_eval else None, seed=seed)
-    figure = draw_figure(curves, chosen, x=x, smooth=smooth)
+    figure = draw_figure(curves, chosen, x=x, smooth=smooth, highlights=highlights)
     summary_path = Path(figure_path).with_name(SUMMARY_FILE)
     try:
         Path(figure_path).parent.mkdir(parents=True, exist_ok=True)

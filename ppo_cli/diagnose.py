@@ -1,0 +1,713 @@
+"""``ppo diagnose``: read a run's diagnostics across seeds as a PPO practitioner reads them by eye.
+
+The rules are small functions of one seed's curves (:class:`SeedCurves`) or of a run's seeds,
+each returning :class:`Finding`\\ s: what is wrong, the evidence (metric, seeds, steps, the value
+against its threshold or against the run's own early level), what it usually means, and what to
+try, spelled as ``ppo train`` options. Thresholds live in :data:`THRESHOLDS`, each with its
+source; where no published figure exists, the source is this project's own healthy runs
+(``benchmarks/diagnose_cases.sh``), and a rule that fires on a healthy run is fixed, not the run.
+
+Findings of the same rule in several seeds are merged (seeds listed, steps spanned); findings
+whose steps overlap in a seed are marked as coinciding (a KL spike where the return drops).
+The same seed rules run live during ``ppo train`` (:class:`LiveDiagnosis`).
+
+Reads what ``ppo plot`` reads, with its reader (:func:`ppo_cli.plots.data.load`): never imports
+the trainer or torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ppo_cli.layout import CONFIG_FILE, ERROR_FILE
+from ppo_cli.plots.data import Dataset, PlotError, load, rolling_mean
+
+SEVERITIES = ("problem", "warning", "note")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    meaning: str
+    source: str
+
+
+THRESHOLDS: dict[str, Threshold] = {
+    "kl_high": Threshold(0.02, "approx_kl (smoothed) above which the policy moves too far per update",
+                         "Schulman et al. 2017 (PPO), adaptive KL target 0.01; SB3 and rl-zoo3 use target_kl "
+                         "0.01-0.05; 2x the PPO target"),
+    "kl_sustained": Threshold(0.10, "share of the iterations with approx_kl above kl_high that makes it sustained",
+                              "this project's healthy runs stay above 0.02 in under 5% of iterations"),
+    "kl_spike": Threshold(5.0, "a spike: approx_kl above this multiple of the seed's median (and above kl_high)",
+                          "the tuning study: KL peaks exactly where the return dips"),
+    "cut_short": Threshold(0.5, "share of iterations whose update the KL early stop cut short (update_fraction < 1)",
+                           "SB3's target_kl: an early stop that fires most iterations leaves the planned epochs unused"),
+    "clipfrac_high": Threshold(0.3, "median clipfrac over the second half of training",
+                               "PPO clips ratios beyond 1 +- 0.2; healthy runs here clip 0.05-0.2 of samples"),
+    "std_rise": Threshold(1.25, "late action_std / early action_std above which the policy is growing less sure",
+                          "the tuning study: on DMC cheetah-run the std grew from 1 and entropy rose; "
+                          "ent_coef 0 fixed it"),
+    "std_collapse": Threshold(0.2, "action_std / its initial value below which the exploration is gone",
+                              "Andrychowicz et al. 2021 (what matters in on-policy RL): the initial std and its "
+                              "decay matter; a collapse before learning is premature convergence"),
+    "low_return": Threshold(0.4, "progress (from the run's initial to its best return) below which a return is low",
+                            "as for stall"),
+    "entropy_early": Threshold(0.3, "share of training before which a negative entropy is early",
+                               "the tuning study: entropy falling below 0 early means sigma shrinks too fast, "
+                               "the actor updates too fast"),
+    "vloss_explode": Threshold(100.0, "value_loss (smoothed, after the first 10% of training) above this multiple "
+                                      "of its median there: exploding",
+                               "the tuning study: value loss very large at first (normal: the critic is untrained), "
+                               "then stuck high; healthy runs here peak at up to ~50x their median (Hopper's value "
+                               "loss is tiny between falls)"),
+    "vloss_rise": Threshold(5.0, "late value_loss / value_loss in 10-50% of training: rising",
+                            "with reward normalisation (the default) value targets stay O(1); in healthy runs "
+                            "here the late value loss is 0.04-0.95x its middle level"),
+    "ev_bad": Threshold(0.0, "median explained_variance over the last quarter below which the critic explains "
+                             "nothing", "SB3/CleanRL log explained_variance: 1 is perfect, <= 0 no better than a "
+                                        "constant"),
+    "ev_low": Threshold(0.3, "median explained_variance over the last quarter below which the critic is weak",
+                        "healthy MuJoCo runs here end above 0.9"),
+    "collapse": Threshold(0.6, "smoothed final return / smoothed best (both from the initial level): a collapse "
+                               "below it", "the tuning study: 'the return rises until iteration 100, drops and "
+                                           "never recovers'"),
+    "stall": Threshold(0.4, "a seed's final progress / the other seeds' median progress below which it stalls",
+                       "this project's Walker2d-v4 default seeds 2 and 3 ended at 0.23 and 0.34 of the others' "
+                       "median evaluation return; healthy 200k-step Hopper seeds here differ by up to 2x (0.46); "
+                       "Henderson et al. 2018 and Agarwal et al. 2021 on seed variance"),
+    "few_episodes": Threshold(10, "episodes ended per seed below which the return cannot be judged",
+                              "fewer than 10 returns leave the final return (mean of the last 10% of steps) to "
+                              "one or two episodes"),
+}
+"""Every number the rules use, with what it means and where it comes from (README "Reading a run")."""
+
+
+def thresholds_table() -> str:
+    """:data:`THRESHOLDS` as the markdown table of the README ("Reading a run"; a test keeps them equal)."""
+    rows = ["| threshold | value | what it sets | source |", "|---|---|---|---|"]
+    rows += [f"| `{name}` | {t.value:g} | {t.meaning} | {t.source} |" for name, t in THRESHOLDS.items()]
+    return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the diagnosis says about a run.
+
+    ``steps``: the first and last ``global_step`` of the evidence; ``value`` and ``reference``:
+    the measured number and what it is compared with (a threshold or the run's own level).
+    """
+
+    rule: str
+    severity: str
+    what: str
+    metric: str
+    seeds: tuple[str, ...]
+    steps: tuple[int, int]
+    value: float
+    reference: float
+    evidence: str
+    meaning: str
+    try_options: tuple[str, ...] = ()
+    coincides: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["seeds"], data["steps"], data["try"] = list(self.seeds), list(self.steps), list(self.try_options)
+        data["coincides"] = list(self.coincides)
+        del data["try_options"]
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
+
+
+@dataclass
+class SeedCurves:
+    """One seed's curves: ``curves[metric] = (steps, values)``, sorted by step, missing values dropped."""
+
+    env: str
+    run: str
+    seed: str
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]
+    config: dict[str, Any] = field(default_factory=dict)
+    error: str = ""  # the last line of the seed's error.txt, if it failed
+
+    def get(self, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+        pair = self.curves.get(metric)
+        return pair if pair is not None and len(pair[0]) else None
+
+    @property
+    def last_step(self) -> int:
+        return int(max((s[-1] for s, _ in self.curves.values() if len(s)), default=0))
+
+    @property
+    def total_steps(self) -> int:
+        """The run's planned length (its config), else how far it got."""
+        total = self.config.get("total_steps")
+        return int(total) if isinstance(total, int) and total > 0 else self.last_step
+
+    def option(self, name: str, default: Any) -> Any:
+        value = self.config.get(name, default)
+        return default if value is None and default is not None else value
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def smoothed(values: np.ndarray) -> np.ndarray:
+    """Trailing mean over ~5% of the points (at least 1): the curve a reader sees, noise aside."""
+    return rolling_mean(np.asarray(values, dtype=float), max(1, round(len(values) / 20)))
+
+
+def head(values: np.ndarray, fraction: float = 0.05) -> float:
+    """Mean of the first ``fraction`` of the points (at least one)."""
+    return float(np.mean(values[:max(1, math.ceil(len(values) * fraction))]))
+
+
+def tail(values: np.ndarray, fraction: float = 0.1) -> float:
+    return float(np.mean(values[-max(1, math.ceil(len(values) * fraction)):]))
+
+
+def _k(steps: float) -> str:
+    steps = float(steps)
+    return f"{steps / 1e6:.3g}M" if steps >= 1e6 else f"{steps / 1e3:.3g}k" if steps >= 1e3 else f"{steps:.0f}"
+
+
+def _span(steps: np.ndarray) -> tuple[int, int]:
+    return int(steps[0]), int(steps[-1])
+
+
+def _lr(seed: SeedCurves, divide: float) -> str:
+    return f"--lr {seed.option('lr', 3e-4) / divide:.2g}"
+
+
+def _finding(seed: SeedCurves, rule: str, severity: str, what: str, metric: str, steps: tuple[int, int], value: float,
+             reference: float, evidence: str, meaning: str, try_options: Sequence[str]) -> Finding:
+    return Finding(rule, severity, what, metric, (seed.seed,), steps, float(value), float(reference), evidence,
+                   meaning, tuple(try_options))
+
+
+# ----------------------------------------------------------------------------- rules on one seed
+
+
+def kl_too_high(seed: SeedCurves) -> list[Finding]:
+    """Sustained ``approx_kl`` above :data:`THRESHOLDS` ``kl_high`` (smoothed, in >= ``kl_sustained`` of the
+    iterations): each update moves the policy far from the one that collected the data."""
+    pair = seed.get("approx_kl")
+    if pair is None:
+        return []
+    steps, kl = pair
+    limit = THRESHOLDS["kl_high"].value
+    above = smoothed(kl) > limit
+    share = above.mean()
+    if share < THRESHOLDS["kl_sustained"].value:
+        return []
+    level = float(np.median(kl[above]))
+    epochs = seed.option("update_epochs", 10)
+    tries = [_lr(seed, 3)] + ([] if seed.config.get("target_kl") else ["--target-kl 0.02"]) + \
+        ([f"--update-epochs {max(1, epochs // 2)}"] if epochs > 2 else [])
+    return [_finding(seed, "kl_high", "problem" if share > 0.3 else "warning", "policy changes too fast",
+                     "approx_kl", _span(steps[above]), level, limit,
+                     f"approx_kl {level:.3g} (median where above) > {limit} in {share:.0%} of iterations",
+                     "each update moves the policy far from the one that collected the data, so the clipped "
+                     "objective no longer limits the step: learning becomes unstable", tries)]
+
+
+def kl_spikes(seed: SeedCurves) -> list[Finding]:
+    """Single iterations whose ``approx_kl`` exceeds ``kl_spike`` times the seed's median (and ``kl_high``)."""
+    pair = seed.get("approx_kl")
+    if pair is None or len(pair[1]) < 10:
+        return []
+    steps, kl = pair
+    median = float(np.median(kl))
+    spikes = (kl > THRESHOLDS["kl_spike"].value * median) & (kl > THRESHOLDS["kl_high"].value)
+    if not spikes.any():
+        return []
+    worst = int(np.argmax(np.where(spikes, kl, -np.inf)))
+    return [_finding(seed, "kl_spike", "warning", "KL spikes", "approx_kl", _span(steps[spikes]), kl[worst], median,
+                     f"approx_kl {kl[worst]:.3g} at step {_k(steps[worst])}, {kl[worst] / median:.0f}x the seed's "
+                     f"median {median:.2g} ({int(spikes.sum())} spike(s))",
+                     "a few updates jump far: the return often dips right there",
+                     [_lr(seed, 2)] + ([] if seed.config.get("target_kl") else ["--target-kl 0.02"]))]
+
+
+def updates_cut_short(seed: SeedCurves) -> list[Finding]:
+    """With ``--target-kl``: ``update_fraction < 1`` in more than ``cut_short`` of the iterations."""
+    pair, target = seed.get("update_fraction"), seed.config.get("target_kl")
+    if pair is None or not target:
+        return []
+    steps, fraction = pair
+    cut = fraction < 1.0
+    share = cut.mean()
+    if share <= THRESHOLDS["cut_short"].value:
+        return []
+    median = float(np.median(fraction))
+    return [_finding(seed, "cut_short", "warning", "KL early stop cuts most updates short", "update_fraction",
+                     _span(steps[cut]), share, THRESHOLDS["cut_short"].value,
+                     f"update_fraction < 1 in {share:.0%} of iterations (median {median:.2f}) with --target-kl {target}",
+                     "the policy reaches the KL limit before the planned epochs end: the step size is large for "
+                     "this target, and most of each batch's planned updates are skipped",
+                     [_lr(seed, 2), f"--target-kl {2 * target:g}"])]
+
+
+def clipfrac_high(seed: SeedCurves) -> list[Finding]:
+    """Median ``clipfrac`` over the second half of training above ``clipfrac_high``."""
+    pair = seed.get("clipfrac")
+    if pair is None or len(pair[1]) < 4:
+        return []
+    steps, clip = pair
+    half = steps >= steps[-1] / 2
+    level = float(np.median(clip[half]))
+    limit = THRESHOLDS["clipfrac_high"].value
+    if level <= limit:
+        return []
+    epochs = seed.option("update_epochs", 10)
+    return [_finding(seed, "clipfrac_high", "warning", "most samples are clipped", "clipfrac", _span(steps[half]),
+                     level, limit, f"clipfrac {level:.2f} (median over the second half) > {limit}",
+                     "the updates push many probability ratios past the clip range, where they get no gradient: "
+                     "the step size is too large for the clip", [_lr(seed, 3)] +
+                     ([f"--update-epochs {max(1, epochs // 2)}"] if epochs > 2 else []))]
+
+
+def std_rising(seed: SeedCurves) -> list[Finding]:
+    """Gaussian policies: late ``action_std`` above ``std_rise`` times its early level (entropy rising)."""
+    pair = seed.get("action_std")
+    if pair is None or len(pair[1]) < 10:
+        return []
+    steps, std = pair
+    early, late = head(smoothed(std)), tail(smoothed(std))
+    ratio = late / early
+    if ratio <= THRESHOLDS["std_rise"].value:
+        return []
+    ent_coef = seed.option("ent_coef", 0.0)
+    tries = ["--ent-coef 0"] if ent_coef > 0 else [_lr(seed, 3), f"--init-log-std {seed.option('init_log_std', 0) - 0.5:g}"]
+    return [_finding(seed, "std_rising", "problem" if ratio > 2 else "warning",
+                     "action std grows: entropy rises instead of falling", "action_std", _span(steps), late, early,
+                     f"action_std {early:.2f} -> {late:.2f} ({ratio:.1f}x its early level)" +
+                     (f" with --ent-coef {ent_coef:g}" if ent_coef > 0 else ""),
+                     "the policy grows less sure as it trains: the entropy bonus (or a weak, noisy advantage) "
+                     "outweighs the return, exploration grows instead of shrinking, and the return stalls or "
+                     "crashes late", tries)]
+
+
+def entropy_negative_early(seed: SeedCurves) -> list[Finding]:
+    """Gaussian policies: smoothed entropy below 0 before ``entropy_early`` of the planned steps."""
+    pair = seed.get("entropy")
+    if pair is None or seed.get("action_std") is None:
+        return []
+    steps, entropy = pair
+    early = steps <= THRESHOLDS["entropy_early"].value * seed.total_steps
+    negative = early & (smoothed(entropy) < 0)
+    if not negative.any():
+        return []
+    first = int(np.argmax(negative))
+    return [_finding(seed, "entropy_early", "warning", "entropy negative early: the actor narrows too fast", "entropy",
+                     (int(steps[first]), int(steps[early][-1])), entropy[first], 0.0,
+                     f"entropy < 0 from step {_k(steps[first])}, {steps[first] / seed.total_steps:.0%} into training",
+                     "a Gaussian's entropy turns negative when its std gets small; this early, the actor is "
+                     "updating faster than the critic can follow", [_lr(seed, 3), "--clip-vloss", "--ent-coef 0.001"])]
+
+
+def value_loss_exploding(seed: SeedCurves) -> list[Finding]:
+    """``value_loss`` far above its own median (``vloss_explode``), or rising late (``vloss_rise``)."""
+    pair = seed.get("value_loss")
+    if pair is None or len(pair[1]) < 10:
+        return []
+    steps, loss = pair
+    settled = steps > 0.1 * steps[-1]  # the untrained critic's first errors are large in every run
+    curve = smoothed(loss[settled])
+    median = float(np.median(loss[settled]))
+    tries = ([] if seed.option("norm_reward", True) else ["--norm-reward"]) + ["--clip-vloss", _lr(seed, 3)]
+    peak = int(np.argmax(curve))
+    if median > 0 and curve[peak] > THRESHOLDS["vloss_explode"].value * median:
+        steps = steps[settled]
+        return [_finding(seed, "vloss_explode", "problem", "value loss explodes", "value_loss", (int(steps[peak]),) * 2,
+                         curve[peak], median, f"value_loss {curve[peak]:.3g} at step {_k(steps[peak])}, "
+                         f"{curve[peak] / median:.0f}x its median {median:.3g}",
+                         "the critic's targets jump (unscaled rewards, a return that changes scale): its error "
+                         "swamps the gradient", tries)]
+    middle = (steps >= 0.1 * steps[-1]) & (steps <= 0.5 * steps[-1])
+    late = steps >= 0.75 * steps[-1]
+    if middle.sum() < 2 or late.sum() < 2:
+        return []
+    before, after = float(np.median(loss[middle])), float(np.median(loss[late]))
+    if before > 0 and after > THRESHOLDS["vloss_rise"].value * before:
+        return [_finding(seed, "vloss_rise", "warning", "value loss rises", "value_loss", _span(steps[late]), after,
+                         before, f"value_loss {after:.3g} in the last quarter, {after / before:.1f}x its level at "
+                         f"10-50% of training ({before:.3g})",
+                         "the critic falls behind the returns it must predict (the reward scale grows, or the "
+                         "critic learns too slowly)", tries)]
+    return []
+
+
+def critic_not_learning(seed: SeedCurves) -> list[Finding]:
+    """Median ``explained_variance`` over the last quarter below ``ev_bad`` (problem) or ``ev_low``."""
+    pair = seed.get("explained_variance")
+    if pair is None or len(pair[1]) < 8:
+        return []
+    steps, ev = pair
+    late = steps >= 0.75 * steps[-1]
+    level = float(np.median(ev[late]))
+    bad, low = THRESHOLDS["ev_bad"].value, THRESHOLDS["ev_low"].value
+    if level >= low:
+        return []
+    tries = ([] if seed.option("norm_reward", True) else ["--norm-reward"]) + \
+        [f"--vf-coef {max(0.5, 2 * seed.option('vf_coef', 0.25)):g}", "--gae-lambda 0.95"]
+    return [_finding(seed, "critic", "problem" if level < bad else "warning",
+                     "the critic does not predict the returns" if level < bad else "the critic explains little",
+                     "explained_variance", _span(steps[late]), level, bad if level < bad else low,
+                     f"explained_variance {level:.2f} (median of the last quarter) < {bad if level < bad else low}",
+                     "the value function is no better than a constant at predicting returns, so the advantages "
+                     "are mostly noise (often the reward scale, or a critic too weak or too slow)", tries)]
+
+
+def return_collapse(seed: SeedCurves) -> list[Finding]:
+    """The smoothed return falls back, after its peak, below ``collapse`` of the way from its initial level
+    to its best; the evidence says where the peak was and what the KL did there."""
+    pair = seed.get("episodic_return")
+    if pair is None or len(pair[1]) < 10:
+        return []
+    steps, ret = pair
+    curve = smoothed(ret)
+    initial, peak = head(curve), int(np.argmax(curve))
+    best, final = float(curve[peak]), tail(curve)
+    gain = best - initial
+    if gain <= 0.1 * max(abs(best), abs(initial), 1e-9) or steps[peak] > 0.9 * steps[-1]:
+        return []
+    kept = (final - initial) / gain
+    if kept >= THRESHOLDS["collapse"].value:
+        return []
+    after = np.flatnonzero((np.arange(len(curve)) > peak) & (curve < initial + THRESHOLDS["collapse"].value * gain))
+    drop = int(after[0]) if len(after) else len(curve) - 1
+    evidence = (f"return {initial:.4g} -> best {best:.4g} at step {_k(steps[peak])} -> {final:.4g} at the end "
+                f"({kept:.0%} of the gain kept)")
+    kl = seed.get("approx_kl")
+    if kl is not None:
+        window = (kl[0] >= steps[peak]) & (kl[0] <= steps[drop])
+        if window.any():
+            there, median = float(np.max(kl[1][window])), float(np.median(kl[1]))
+            evidence += f"; approx_kl up to {there:.3g} there ({there / median:.1f}x its median)"
+    return [_finding(seed, "collapse", "problem", "the return collapses after a peak", "episodic_return",
+                     (int(steps[peak]), int(steps[drop])), kept, THRESHOLDS["collapse"].value, evidence,
+                     "the policy was improving, then an update (or a run of them) destroyed it and it never "
+                     "recovered: usually steps too large late in training",
+                     [_lr(seed, 3), "--target-kl 0.02"] + ([] if seed.option("anneal_lr", True) else ["--anneal-lr"]))]
+
+
+def diverged(seed: SeedCurves) -> list[Finding]:
+    """The seed stopped on a NaN or infinite value (its ``error.txt``), or logged an infinite one."""
+    infinite = [m for m, (_, v) in seed.curves.items() if len(v) and not np.isfinite(v).all()]
+    nan_stop = any(word in seed.error for word in ("became nan", "became inf", "non-finite", "became -inf"))
+    if not infinite and not nan_stop:
+        return []
+    what = seed.error if nan_stop else f"infinite values in {', '.join(infinite)}"
+    return [_finding(seed, "non_finite", "problem", "training diverged (NaN or infinite values)",
+                     infinite[0] if infinite else "loss", (seed.last_step, seed.last_step), math.nan, math.nan, what,
+                     "a loss or parameter became NaN or infinite: the step size, the reward or observation scale "
+                     "(an environment returning NaN or huge values), or missing normalisation",
+                     [_lr(seed, 3)] + (["--max-grad-norm 0.5"] if seed.option("max_grad_norm", 0.5) > 0.5 else []) +
+                     [f"--norm-{what}" for what in ("obs", "reward") if not seed.option(f"norm_{what}", True)])]
+
+
+def failed(seed: SeedCurves) -> list[Finding]:
+    """The seed failed for another reason than a NaN (its ``error.txt``): a full disk, a hung or broken
+    environment. Its curves end there."""
+    if not seed.error or diverged(seed):
+        return []
+    return [_finding(seed, "failed", "problem", "the seed failed", "episodic_return", (seed.last_step,) * 2, math.nan,
+                     math.nan, seed.error, "training stopped before its end for the reason given; the rows and the "
+                     "checkpoint up to there are kept", ["ppo train --resume RUN, once the cause is fixed"])]
+
+
+def few_episodes(seed: SeedCurves) -> list[Finding]:
+    """Fewer than ``few_episodes`` episodes ended: the return curve is one or two episodes."""
+    pair, counts = seed.get("episodic_return"), seed.get("episodes")
+    ended = int(np.sum(counts[1])) if counts is not None else (len(pair[0]) if pair is not None else 0)
+    limit = int(THRESHOLDS["few_episodes"].value)
+    if ended >= limit:
+        return []
+    return [_finding(seed, "few_episodes", "note", "too few episodes ended to judge the return", "episodes",
+                     (0, seed.last_step), ended, limit, f"{ended} episode(s) ended in {_k(seed.last_step)} steps",
+                     "episodes are longer than the run so far: the return shown is one or two episodes, and the "
+                     "rules on returns stay silent", [f"--total-steps {max(4 * seed.total_steps, 100_000)}"])]
+
+
+SEED_RULES: tuple[Callable[[SeedCurves], list[Finding]], ...] = (
+    diverged, failed, kl_too_high, kl_spikes, updates_cut_short, clipfrac_high, std_rising, entropy_negative_early,
+    value_loss_exploding, critic_not_learning, return_collapse, few_episodes)
+"""The rules that read one seed (also run live during ``ppo train``)."""
+
+
+# ----------------------------------------------------------------------------- rules on a run's seeds
+
+
+def _progress(seeds: Sequence[SeedCurves]) -> tuple[dict[str, np.ndarray], float, float] | None:
+    """Smoothed returns per seed, the run's initial level (mean of the seeds') and best (max over seeds)."""
+    curves = {s.seed: smoothed(s.get("episodic_return")[1]) for s in seeds
+              if s.get("episodic_return") is not None and len(s.get("episodic_return")[1]) >= 10}
+    if not curves:
+        return None
+    initial = float(np.mean([head(c) for c in curves.values()]))
+    best = float(max(np.max(c) for c in curves.values()))
+    return (curves, initial, best) if best > initial else None
+
+
+def std_collapse(seeds: Sequence[SeedCurves]) -> list[Finding]:
+    """A seed's ``action_std`` falls below ``std_collapse`` of its initial value while its return is still
+    low (below ``low_return`` of the way from the run's initial to its best return), and stays low."""
+    progress = _progress(seeds)
+    if progress is None:
+        return []
+    curves, initial, best = progress
+    found = []
+    for seed in seeds:
+        pair = seed.get("action_std")
+        if pair is None or seed.seed not in curves or len(pair[1]) < 10:
+            continue
+        steps, std = pair
+        curve = smoothed(std)
+        collapsed = np.flatnonzero(curve < THRESHOLDS["std_collapse"].value * head(curve))
+        if not len(collapsed):
+            continue
+        ret_steps, ret = seed.get("episodic_return")[0], curves[seed.seed]
+        at = ret[min(np.searchsorted(ret_steps, steps[collapsed[0]]), len(ret) - 1)]
+        low = THRESHOLDS["low_return"].value
+        if (at - initial) / (best - initial) >= low or (tail(ret) - initial) / (best - initial) >= low:
+            continue
+        found.append(_finding(seed, "std_collapse", "warning", "action std collapses while the return is still low",
+                              "action_std", (int(steps[collapsed[0]]), int(steps[-1])), curve[collapsed[0]], head(curve),
+                              f"action_std {head(curve):.2f} -> {curve[collapsed[0]]:.2g} by step "
+                              f"{_k(steps[collapsed[0]])} with the return at {at:.4g} (the run's best {best:.4g})",
+                              "the policy stopped exploring before it found a good behaviour: premature convergence",
+                              ["--ent-coef 0.001", f"--init-log-std {seed.option('init_log_std', -0.5) + 0.5:g}",
+                               _lr(seed, 2)]))
+    return found
+
+
+def seeds_disagree(seeds: Sequence[SeedCurves]) -> list[Finding]:
+    """With 2+ seeds: a seed whose final progress is below ``stall`` of the other seeds' median progress."""
+    progress = _progress(seeds)
+    if progress is None or len(progress[0]) < 2:
+        return []
+    curves, initial, best = progress
+    finals = {seed: tail(curve) - initial for seed, curve in curves.items()}
+    stalled = []
+    for seed, gain in finals.items():
+        others = np.median([g for s, g in finals.items() if s != seed])
+        if others > 0 and gain / others < THRESHOLDS["stall"].value:
+            stalled.append((seed, gain / others))
+    if not stalled:
+        return []
+    by_seed = {s.seed: s for s in seeds}
+    steps = [int(by_seed[s].last_step) for s, _ in stalled]
+    names = ", ".join(s for s, _ in stalled)
+    return [Finding("stall", "warning", f"seeds disagree: seed {names} stall(s) far below the others",
+                    "episodic_return", tuple(s for s, _ in stalled), (0, max(steps)), min(r for _, r in stalled),
+                    THRESHOLDS["stall"].value,
+                    "final progress " + ", ".join(f"seed {s}: {r:.0%}" for s, r in stalled) +
+                    f" of the other seeds' median ({len(finals)} seeds)",
+                    "one config, different seeds, different outcomes: before comparing configs, run more seeds "
+                    "and compare intervals, not means", (f"--seeds {max(5, 2 * len(finals))}",))]
+
+
+RUN_RULES: tuple[Callable[[Sequence[SeedCurves]], list[Finding]], ...] = (std_collapse, seeds_disagree)
+
+
+# ----------------------------------------------------------------------------- a run's report
+
+
+@dataclass
+class RunReport:
+    env: str
+    run: str
+    seeds: tuple[str, ...]
+    findings: list[Finding]
+
+    @property
+    def healthy(self) -> bool:
+        return not any(f.severity in ("problem", "warning") for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "run": self.run, "seeds": list(self.seeds), "healthy": self.healthy,
+                "findings": [f.to_dict() for f in self.findings]}
+
+
+def diagnose_seeds(seeds: Sequence[SeedCurves]) -> list[Finding]:
+    """Every rule on a run's seeds: merged across seeds, coincidences marked, most severe first."""
+    per_seed = [f for seed in seeds for rule in SEED_RULES for f in rule(seed)]
+    per_seed += [f for rule in RUN_RULES for f in rule(seeds)]
+    findings = _mark_coincidences(_merge(per_seed), per_seed)
+    first = ("non_finite", "failed")  # the cause of what else a failed seed shows
+    return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity), f.rule not in first, -_badness(f)))
+
+
+def _badness(finding: Finding) -> float:
+    if not (math.isfinite(finding.value) and math.isfinite(finding.reference)) or finding.reference == 0:
+        return 0.0
+    return abs(finding.value / finding.reference - 1.0)
+
+
+def _merge(findings: list[Finding]) -> list[Finding]:
+    """One finding per rule: the seeds affected, the steps spanned, the worst seed's evidence."""
+    merged: dict[str, list[Finding]] = {}
+    for f in findings:
+        merged.setdefault(f.rule, []).append(f)
+    out = []
+    for group in merged.values():
+        worst = max(group, key=lambda f: (SEVERITIES[::-1].index(f.severity), _badness(f)))
+        seeds = tuple(sorted({s for f in group for s in f.seeds}, key=lambda s: (len(s), s)))
+        evidence = worst.evidence if len(seeds) == 1 else f"seed {worst.seeds[0]}: {worst.evidence}"
+        out.append(replace(worst, seeds=seeds, evidence=evidence,
+                           steps=(min(f.steps[0] for f in group), max(f.steps[1] for f in group))))
+    return out
+
+
+def _mark_coincidences(findings: list[Finding], per_seed: list[Finding]) -> list[Finding]:
+    """Note, on each finding, the others whose steps overlap its own in the same seed."""
+    def overlap(a: Finding, b: Finding) -> bool:
+        return a.rule != b.rule and set(a.seeds) & set(b.seeds) and a.steps[0] <= b.steps[1] and b.steps[0] <= a.steps[1]
+
+    out = []
+    for f in findings:
+        mine = [p for p in per_seed if p.rule == f.rule]
+        others = {p.rule: p for p in per_seed for m in mine if overlap(m, p) and p.rule not in ("few_episodes",)}
+        notes = tuple(f"{p.what} (steps {_k(p.steps[0])}-{_k(p.steps[1])}, seed {p.seeds[0]})" for p in others.values())
+        out.append(replace(f, coincides=notes))
+    return out
+
+
+def seed_curves(dataset: Dataset) -> dict[tuple[str, str], list[SeedCurves]]:
+    """The :class:`SeedCurves` of every seed in ``dataset``, grouped by (env, run)."""
+    folders = {(r.env, r.run, r.seed): Path(r.path) for r in dataset.seed_folders.itertuples(index=False)}
+    runs: dict[tuple[str, str], list[SeedCurves]] = {}
+    for (env, run, seed), rows in dataset.table.groupby(["env", "run", "seed"], sort=True):
+        curves = {}
+        for metric, part in rows.groupby("metric", sort=False):
+            series = part.groupby("step")["value"].mean().sort_index()  # one value per step
+            curves[metric] = (series.index.to_numpy(dtype=float), series.to_numpy(dtype=float))
+        folder = folders.get((env, run, seed))
+        runs.setdefault((env, run), []).append(
+            SeedCurves(env, run, seed, curves, _read_config(folder), _read_error(folder)))
+    for seeds in runs.values():
+        seeds.sort(key=lambda s: (len(s.seed), s.seed))
+    return runs
+
+
+def _read_config(folder: Path | None) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (TypeError, OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_error(folder: Path | None) -> str:
+    try:
+        lines = (folder / ERROR_FILE).read_text(encoding="utf-8").strip().splitlines()
+    except (TypeError, OSError, UnicodeDecodeError):
+        return ""
+    return lines[-1] if lines else ""
+
+
+def diagnose(folders: Sequence[Path]) -> tuple[list[RunReport], list[str]]:
+    """Read every run below ``folders`` (as ``ppo plot`` does) and diagnose each; returns the reports and the
+    reader's warnings. A seed that failed before logging a row (its ``error.txt`` says why) is diagnosed
+    too. Raises :class:`~ppo_cli.plots.data.PlotError` when nothing can be read."""
+    try:
+        dataset = load(folders)
+    except PlotError as exc:
+        runs, warnings = {}, exc.warnings
+        if not _failed_without_rows(folders, runs):
+            raise
+    else:
+        runs, warnings = seed_curves(dataset), dataset.warnings
+        _failed_without_rows(folders, runs)
+    reports = [RunReport(env, run, tuple(s.seed for s in seeds), diagnose_seeds(seeds))
+               for (env, run), seeds in sorted(runs.items())]
+    return reports, warnings
+
+
+def _failed_without_rows(folders: Sequence[Path], runs: dict[tuple[str, str], list[SeedCurves]]) -> bool:
+    """Add to ``runs`` the failed seed folders below ``folders`` that logged no row; whether there were any."""
+    known = {(s.env, s.run, s.seed) for seeds in runs.values() for s in seeds}
+    added = False
+    for error in sorted({p for folder in folders for p in Path(folder).rglob(ERROR_FILE)}):
+        folder, config = error.parent, _read_config(error.parent)
+        env = config.get("env_id") if isinstance(config.get("env_id"), str) else folder.parent.parent.name
+        seed = str(config.get("seed", folder.name.removeprefix("seed_")))
+        if (env, folder.parent.name, seed) in known:
+            continue
+        runs.setdefault((env, folder.parent.name), []).append(
+            SeedCurves(env, folder.parent.name, seed, {}, config, _read_error(folder)))
+        added = True
+    return added
+
+
+def highlights(reports: Sequence[RunReport]) -> tuple[list[Any], list[str]]:
+    """What ``ppo diagnose --plot`` shades: one :class:`~ppo_cli.plots.figure.Highlight` per finding on a
+    plotted metric, and the figure's rows (``ppo plot``'s defaults, plus the metrics findings name)."""
+    from ppo_cli.plots import DEFAULT_METRICS
+    from ppo_cli.plots.data import valid_metrics
+    from ppo_cli.plots.figure import Highlight
+
+    plottable = set(valid_metrics())
+    metrics = list(DEFAULT_METRICS) + sorted({f.metric for r in reports for f in r.findings
+                                             if f.metric in plottable and f.metric not in DEFAULT_METRICS})
+    several = len({(r.env, r.run) for r in reports}) > 1
+    marks = [Highlight(r.env, f.metric, f.steps[0], f.steps[1],
+                       f"{f.what} ({'run ' + r.run + ', ' if several else ''}seed{'s' if len(f.seeds) > 1 else ''} "
+                       f"{', '.join(f.seeds)})", f.severity)
+             for r in reports for f in r.findings if f.metric in metrics]
+    return marks, metrics
+
+
+# ----------------------------------------------------------------------------- live, during training
+
+
+class LiveDiagnosis:
+    """The seed rules, run every ``every`` iterations on the rows a seed has logged so far.
+
+    ``add(row)`` takes a ``progress.csv`` row (as ``ppo train`` reports it) and returns the newest
+    finding when one appears that was not there before, else None. Never raises: a diagnosis
+    must not stop a run. By default the rules run every 10 iterations, or 100 times in all in a
+    run of more than 1000 iterations (each run reads every row so far).
+    """
+
+    def __init__(self, config: dict[str, Any], every: int | None = None) -> None:
+        self.config = config
+        if every is None:
+            try:
+                iterations = int(config["total_steps"]) // (int(config["num_steps"]) * int(config["num_envs"]))
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                iterations = 0
+            every = max(10, iterations // 100)
+        self.every = every
+        self.rows: list[dict[str, Any]] = []
+        self.seen: set[str] = set()
+        self.latest: Finding | None = None
+
+    def add(self, row: dict[str, Any]) -> Finding | None:
+        self.rows.append(row)
+        if len(self.rows) % self.every:
+            return None
+        try:
+            frame = pd.DataFrame(self.rows)
+            curves = {}
+            for metric in frame.columns:
+                if metric in ("global_step", "iteration"):
+                    continue
+                part = frame[["global_step", metric]].apply(pd.to_numeric, errors="coerce").dropna()
+                curves[metric] = (part["global_step"].to_numpy(dtype=float), part[metric].to_numpy(dtype=float))
+            seed = SeedCurves("", "", str(self.config.get("seed", "")), curves, self.config)
+            new = [f for rule in SEED_RULES if rule is not few_episodes for f in rule(seed) if f.rule not in self.seen]
+        except Exception:  # noqa: BLE001 - a diagnosis must never stop training
+            return None
+        if not new:
+            return None
+        self.seen.update(f.rule for f in new)
+        self.latest = min(new, key=lambda f: SEVERITIES.index(f.severity))
+        return self.latest

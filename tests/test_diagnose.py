@@ -1,0 +1,292 @@
+"""ppo diagnose: every rule on synthetic curves (fires on its pattern, silent on a healthy curve), the
+merging across seeds, coincidences, the live diagnosis, and the command (table, --json, --plot, bad input)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from ppo_cli import diagnose as dg
+from ppo_cli.cli import cli
+from ppo_cli.diagnose import SeedCurves
+
+N = 200
+STEPS = np.arange(1, N + 1, dtype=float) * 2048
+
+
+def healthy_curves(**overrides) -> dict[str, np.ndarray]:
+    """What a healthy default Hopper run looks like, noise included (values measured on real runs)."""
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, N)
+    curves = {
+        "episodic_return": 50 + 2500 * (1 - np.exp(-4 * t)) + rng.normal(0, 60, N),
+        "approx_kl": 0.008 + 0.002 * rng.random(N),
+        "clipfrac": 0.08 + 0.02 * rng.random(N),
+        "action_std": 0.61 * np.exp(-1.0 * t),
+        "entropy": 3 * (np.log(0.61 * np.exp(-1.0 * t)) + 1.4189),
+        "value_loss": 0.5 + 0.2 * rng.random(N),
+        "explained_variance": 0.3 + 0.6 * (1 - np.exp(-5 * t)),
+        "update_fraction": np.ones(N),
+        "episodes": np.full(N, 3.0),
+    }
+    curves.update(overrides)
+    return curves
+
+
+def seed(curves: dict[str, np.ndarray] | None = None, name: str = "0", config: dict | None = None,
+         error: str = "", **overrides) -> SeedCurves:
+    curves = healthy_curves(**overrides) if curves is None else curves
+    return SeedCurves("Hopper-v5", "default", name, {m: (STEPS[:len(v)], np.asarray(v, float)) for m, v in curves.items()},
+                      {"total_steps": int(STEPS[-1]), "lr": 3e-4, "update_epochs": 10, **(config or {})}, error)
+
+
+def rules_fired(s: SeedCurves) -> set[str]:
+    return {f.rule for rule in dg.SEED_RULES for f in rule(s)}
+
+
+def test_a_healthy_seed_has_no_finding():
+    assert rules_fired(seed()) == set()
+    assert dg.diagnose_seeds([seed(name=str(k)) for k in range(3)]) == []
+
+
+def test_sustained_kl_is_a_problem_with_the_options_to_try():
+    kl = np.where(np.arange(N) > 60, 0.05, 0.008)
+    (finding,) = dg.kl_too_high(seed(approx_kl=kl))
+    assert finding.severity == "problem" and finding.what == "policy changes too fast"
+    assert STEPS[61] <= finding.steps[0] <= STEPS[61 + 10] and finding.steps[1] == STEPS[-1]  # smoothing lags
+    assert finding.value == pytest.approx(0.05)
+    assert finding.try_options == ("--lr 0.0001", "--target-kl 0.02", "--update-epochs 5")
+    assert dg.kl_too_high(seed(approx_kl=np.full(N, 0.015))) == []  # below 0.02 however long
+
+
+def test_a_kl_spike_is_found_and_named_with_its_step():
+    kl = np.full(N, 0.01)
+    kl[120] = 0.2
+    (finding,) = dg.kl_spikes(seed(approx_kl=kl))
+    assert finding.steps == (int(STEPS[120]),) * 2 and "20x the seed's median" in finding.evidence
+    assert dg.kl_spikes(seed(approx_kl=np.full(N, 0.01))) == []
+
+
+def test_updates_cut_short_only_under_target_kl():
+    fraction = np.full(N, 0.3)
+    (finding,) = dg.updates_cut_short(seed(update_fraction=fraction, config={"target_kl": 0.01}))
+    assert "update_fraction < 1 in 100% of iterations" in finding.evidence
+    assert finding.try_options == ("--lr 0.00015", "--target-kl 0.02")
+    assert dg.updates_cut_short(seed(update_fraction=fraction)) == []  # no --target-kl: nothing to say
+
+
+def test_clipfrac_high_over_the_second_half():
+    assert dg.clipfrac_high(seed(clipfrac=np.full(N, 0.45)))[0].value == pytest.approx(0.45)
+    assert dg.clipfrac_high(seed(clipfrac=np.r_[np.full(N // 2, 0.5), np.full(N // 2, 0.1)])) == []
+
+
+def test_std_rising_is_the_dmc_case_and_suggests_no_entropy_bonus():
+    std = np.linspace(1.0, 1.8, N)
+    (finding,) = dg.std_rising(seed(action_std=std, config={"ent_coef": 0.01}))
+    assert finding.try_options == ("--ent-coef 0",) and "with --ent-coef 0.01" in finding.evidence
+    assert dg.std_rising(seed(action_std=np.linspace(1.0, 0.3, N))) == []
+
+
+def test_negative_entropy_early_but_not_late():
+    early = np.r_[np.linspace(2, -1, 40), np.full(N - 40, -1.0)]
+    assert dg.entropy_negative_early(seed(entropy=early))[0].rule == "entropy_early"
+    late = np.r_[np.full(150, 1.0), np.full(N - 150, -0.5)]  # negative at 75%: a healthy narrowing
+    assert dg.entropy_negative_early(seed(entropy=late)) == []
+
+
+def test_value_loss_exploding_and_rising():
+    exploding = np.full(N, 0.5)
+    exploding[100:110] = 5000.0
+    assert dg.value_loss_exploding(seed(value_loss=exploding))[0].rule == "vloss_explode"
+    rising = np.r_[np.full(100, 0.5), np.linspace(0.5, 10, 100)]
+    assert dg.value_loss_exploding(seed(value_loss=rising))[0].rule == "vloss_rise"
+    assert dg.value_loss_exploding(seed(value_loss=np.linspace(2.0, 0.5, N))) == []
+
+
+def test_a_critic_that_explains_nothing():
+    (bad,) = dg.critic_not_learning(seed(explained_variance=np.full(N, -0.3), config={"norm_reward": False}))
+    assert bad.severity == "problem" and bad.try_options[0] == "--norm-reward"
+    assert dg.critic_not_learning(seed(explained_variance=np.full(N, 0.2)))[0].severity == "warning"
+
+
+def test_the_return_collapse_and_the_kl_where_it_happened():
+    t = np.arange(N)
+    ret = np.where(t < 100, 10 + 20 * t, 2010 - 60 * (t - 100)).clip(0) + 10
+    kl = np.full(N, 0.01)
+    kl[95:110] = 0.08
+    (finding,) = dg.return_collapse(seed(episodic_return=ret, approx_kl=kl))
+    assert finding.severity == "problem" and "best" in finding.evidence
+    assert "approx_kl up to 0.08 there (8.0x its median)" in finding.evidence
+    merged = dg.diagnose_seeds([seed(episodic_return=ret, approx_kl=kl)])
+    collapse = next(f for f in merged if f.rule == "collapse")
+    assert any("KL spikes" in c or "policy changes too fast" in c for c in collapse.coincides)
+
+
+def test_a_return_that_keeps_rising_is_no_collapse():
+    assert dg.return_collapse(seed()) == []
+    assert dg.return_collapse(seed(episodic_return=np.linspace(-500, -100, N))) == []  # negative, improving
+
+
+def test_divergence_from_error_txt_and_infinite_values():
+    assert dg.diverged(seed(error="policy_loss became nan in iteration 3; kept the state after iteration 2"))
+    assert dg.diverged(seed(value_loss=np.r_[np.full(N - 1, 0.5), np.inf]))[0].metric == "value_loss"
+    assert dg.diverged(seed(error="could not write progress.csv: No space left on device")) == []
+
+
+def test_too_few_episodes_is_a_note():
+    (finding,) = dg.few_episodes(seed(episodes=np.r_[np.zeros(N - 3), np.ones(3)]))
+    assert finding.severity == "note" and "3 episode(s) ended" in finding.evidence
+
+
+def test_std_collapsing_while_the_return_is_low_is_premature_convergence():
+    stuck = seed(name="1", action_std=0.61 * np.exp(-8 * np.linspace(0, 1, N)),
+                 episodic_return=np.full(N, 60.0) + np.random.default_rng(1).normal(0, 5, N))
+    (finding,) = dg.std_collapse([seed(name="0"), stuck])
+    assert finding.seeds == ("1",) and "premature" in finding.meaning
+    assert dg.std_collapse([seed(name="0"), seed(name="1")]) == []
+
+
+def test_seeds_that_disagree_are_named():
+    stalled = seed(name="2", episodic_return=np.linspace(50, 300, N))
+    (finding,) = dg.seeds_disagree([seed(name="0"), seed(name="1"), stalled])
+    assert finding.seeds == ("2",) and finding.try_options == ("--seeds 6",)
+    assert "seed 2 stall" in finding.what
+    assert dg.seeds_disagree([seed(name="0"), seed(name="1")]) == []
+
+
+def test_findings_of_one_rule_merge_across_seeds_most_severe_first():
+    kl = np.where(np.arange(N) > 60, 0.05, 0.008)
+    findings = dg.diagnose_seeds([seed(name="0", approx_kl=kl), seed(name="1", approx_kl=kl * 1.5),
+                                  seed(name="2", clipfrac=np.full(N, 0.45))])
+    assert [f.rule for f in findings][:2] == ["kl_high", "clipfrac_high"]
+    assert findings[0].seeds == ("0", "1") and findings[0].evidence.startswith("seed 1: ")  # the worst seed
+
+
+def test_every_threshold_has_a_meaning_and_a_source():
+    for name, threshold in dg.THRESHOLDS.items():
+        assert threshold.meaning and threshold.source, name
+
+
+def test_live_diagnosis_reports_a_new_finding_once():
+    live = dg.LiveDiagnosis({"total_steps": int(STEPS[-1]), "lr": 3e-4}, every=10)
+    curves = healthy_curves(approx_kl=np.full(N, 0.06))
+    found = []
+    for k in range(N):
+        row = {"global_step": int(STEPS[k]), "iteration": k + 1, **{m: float(v[k]) for m, v in curves.items()}}
+        row["episodic_return"] = None if k % 3 else row["episodic_return"]  # iterations where no episode ended
+        finding = live.add(row)
+        if finding is not None:
+            found.append(finding.rule)
+    assert found == ["kl_high"]  # at the 10th row, and not again
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def write_run(root: Path, run: str, seeds: dict[str, dict[str, np.ndarray]], config: dict | None = None) -> Path:
+    """Run folders as `ppo train` writes them (progress.csv and config.json per seed)."""
+    folder = root / "Hopper-v5" / run
+    for name, curves in seeds.items():
+        seed_dir = folder / f"seed_{name}"
+        seed_dir.mkdir(parents=True)
+        frame = pd.DataFrame({"global_step": STEPS.astype(int), "iteration": np.arange(1, N + 1), **curves})
+        frame.to_csv(seed_dir / "progress.csv", index=False)
+        (seed_dir / "config.json").write_text(json.dumps({"env_id": "Hopper-v5", "seed": int(name),
+                                                          "total_steps": int(STEPS[-1]), **(config or {})}))
+    return folder
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, env={"COLUMNS": "400"})
+
+
+def test_the_command_prints_a_table_per_run_and_a_healthy_run_in_one_line(tmp_path):
+    write_run(tmp_path, "healthy", {"0": healthy_curves(), "1": healthy_curves()})
+    write_run(tmp_path, "hot", {"0": healthy_curves(approx_kl=np.full(N, 0.06)),
+                                "1": healthy_curves(approx_kl=np.full(N, 0.05))})
+    result = invoke("diagnose", tmp_path)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "Hopper-v5 / healthy (2 seeds): healthy, no finding" in text
+    assert "Hopper-v5 / hot (2 seeds): 1 problem(s)" in text and "policy changes too fast" in text
+    assert "--lr 0.0001" in text and "--target-kl 0.02" in text
+
+
+def test_json_schema(tmp_path):
+    run = write_run(tmp_path, "hot", {"0": healthy_curves(approx_kl=np.full(N, 0.06))})
+    result = invoke("diagnose", run, "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    (report,) = data["runs"]
+    assert set(report) == {"env", "run", "seeds", "healthy", "findings"} and report["healthy"] is False
+    (finding,) = report["findings"]
+    assert set(finding) == {"rule", "severity", "what", "metric", "seeds", "steps", "value", "reference", "evidence",
+                            "meaning", "try", "coincides"}
+    assert finding["rule"] == "kl_high" and finding["seeds"] == ["0"] and finding["try"][0] == "--lr 0.0001"
+
+
+def test_plot_shades_each_finding(tmp_path):
+    run = write_run(tmp_path, "hot", {"0": healthy_curves(approx_kl=np.full(N, 0.06))})
+    result = invoke("diagnose", run, "--plot", "--out", tmp_path / "fig.png")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "fig.png").stat().st_size > 20_000 and "figure:" in result.output
+    marks, metrics = dg.highlights(dg.diagnose([run])[0])
+    assert [m.metric for m in marks] == ["approx_kl"] and "approx_kl" in metrics
+
+
+def test_bad_input_is_the_plot_commands_error(tmp_path):
+    result = invoke("diagnose", tmp_path)
+    assert result.exit_code == 2 and "no progress.csv or episodes.csv found below" in " ".join(result.output.split())
+    (tmp_path / "x" / "seed_0").mkdir(parents=True)
+    (tmp_path / "x" / "seed_0" / "progress.csv").write_text("not,a\ncsv")
+    result = invoke("diagnose", tmp_path)
+    assert result.exit_code == 2 and "every one found was skipped" in " ".join(result.output.split())
+    assert invoke("diagnose").exit_code == 2
+
+
+def test_a_seed_that_failed_for_another_reason_is_a_problem_with_its_reason():
+    (finding,) = dg.failed(seed(error="could not write progress.csv: No space left on device; kept the rows"))
+    assert finding.severity == "problem" and "No space left on device" in finding.evidence
+    assert dg.failed(seed(error="approx_kl became inf in iteration 2; kept the state after iteration 1")) == []
+    assert dg.failed(seed()) == []
+
+
+def test_a_run_that_diverged_before_its_first_row_is_still_diagnosed(tmp_path):
+    seed_dir = tmp_path / "Hopper-v5" / "default" / "seed_0"
+    seed_dir.mkdir(parents=True)
+    (seed_dir / "progress.csv").write_text("global_step,iteration,approx_kl\n")  # the header, no row
+    (seed_dir / "config.json").write_text(json.dumps({"env_id": "Hopper-v5", "seed": 0}))
+    (seed_dir / "error.txt").write_text("approx_kl became inf in iteration 1; kept the state after iteration 0\n")
+    result = invoke("diagnose", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.output[result.output.index("{"):])["runs"]
+    assert [f["rule"] for f in report["findings"]] == ["non_finite", "few_episodes"]
+    assert "approx_kl became inf in iteration 1" in report["findings"][0]["evidence"]
+
+
+def test_the_readme_has_the_thresholds_table_of_the_code():
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert dg.thresholds_table() in readme
+
+
+def test_ppo_train_shows_live_findings_and_goes_on(tmp_path):
+    """--quiet prints a line per new finding; the run finishes all the same."""
+    result = CliRunner().invoke(cli, ["train", "tests.fake_envs:PointEnv", "--total-steps", str(256 * 20),
+                                      "--num-envs", "1", "--num-steps", "256", "--num-minibatches", "4",
+                                      "--update-epochs", "20", "--lr", "0.05", "--hidden-sizes", "16,16", "--quiet",
+                                      "--out", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "seed 0 finding: problem: policy changes too fast" in text and "try --lr" in text
+    assert "seed 0 step 5120/5120" in text
+
+
+def test_run_rule_findings_merge_across_seeds_too():
+    low = dict(action_std=0.61 * np.exp(-8 * np.linspace(0, 1, N)), episodic_return=np.full(N, 60.0))
+    findings = dg.diagnose_seeds([seed(name="0"), seed(name="1", **low), seed(name="2", **low)])
+    assert [f.seeds for f in findings if f.rule == "std_collapse"] == [("1", "2")]
