@@ -62,43 +62,61 @@ def _describe_preset(name: str) -> str:
     return ", ".join(parts)
 
 
+def field_type(name: str) -> tuple[click.ParamType, bool]:
+    """The click type that reads :class:`Config` field ``name`` on the command line, and whether the
+    field is optional (None: off). ``ppo train``'s options and ``ppo sweep --grid`` use the same."""
+    f = next(f for f in config_fields() if f.name == name)
+    kind = typing.get_type_hints(Config)[name]
+    optional = isinstance(kind, types.UnionType) and type(None) in kind.__args__
+    if kind is bool:
+        return click.BOOL, False
+    if "choices" in f.metadata:
+        return click.Choice(f.metadata["choices"]), False
+    if name == "hidden_sizes":
+        return HiddenSizes(), False
+    return (click.FLOAT if optional or kind is float else click.INT), optional
+
+
 def config_options(func: Callable) -> Callable:
     """Add one ``--option`` per :class:`Config` field (except ``env_id``), with its default and help."""
     for f in reversed(config_fields()):
         if f.name == "env_id":
             continue
         flag, help_text = _flag(f.name), f.metadata["help"]
-        kind = typing.get_type_hints(Config)[f.name]
-        optional = isinstance(kind, types.UnionType) and type(None) in kind.__args__
-        if kind is bool:
+        kind, optional = field_type(f.name)
+        if kind is click.BOOL:
             decorator = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=f.default, show_default=True,
                                      help=help_text)
-        elif "choices" in f.metadata:
-            decorator = click.option(flag, f.name, type=click.Choice(f.metadata["choices"]), default=f.default,
-                                     show_default=True, help=help_text)
         elif f.name == "hidden_sizes":
-            decorator = click.option(flag, f.name, type=HiddenSizes(), default=",".join(map(str, f.default)),
+            decorator = click.option(flag, f.name, type=kind, default=",".join(map(str, f.default)),
                                      show_default=True, help=help_text)
         else:
-            base = float if optional or kind is float else int
-            decorator = click.option(flag, f.name, type=base, default=f.default,
+            decorator = click.option(flag, f.name, type=kind, default=f.default,
                                      show_default="off" if optional else True, help=help_text)
         func = decorator(func)
     return func
 
 
-def build_config(values: dict[str, Any]) -> Config:
-    """Construct a :class:`Config`, turning a validation error into a click error naming the flag(s)."""
+def checked_config(values: dict[str, Any]) -> Config:
+    """Construct a :class:`Config`; a validation error becomes a ``UserError`` naming the flag(s)."""
+    from ppo_cli.errors import UserError
+
     try:
         return Config(**values)
     except ConfigError as exc:
         message = str(exc)
         if len(exc.fields) == 1 and exc.fields[0] != "env_id":
             name = exc.fields[0]
-            raise click.BadParameter(message.removeprefix(f"{name} "), param_hint=f"'{_flag(name)}'") from None
+            raise UserError(message.removeprefix(f"{name} "), _flag(name)) from None
         for name in exc.fields:
             message = re.sub(rf"\b{name}\b", _flag(name), message)
-        raise click.UsageError(message) from None
+        raise UserError(message) from None
+
+
+def build_config(values: dict[str, Any]) -> Config:
+    """:func:`checked_config`, its error as click's (exit code 2, the flag named)."""
+    with _user_errors():
+        return checked_config(values)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -438,6 +456,240 @@ def diagnose_command(folders: tuple[Path, ...], as_json: bool, with_plot: bool, 
         print_diagnosis(console, report)
     if figure is not None:
         console.print(f"figure: {figure}", highlight=False, soft_wrap=True)
+
+
+_SWEEP_RESUME_COMPANIONS = {"resume_from", "jobs", "quiet", "trust_env", "ray_address", "with_eval", "episodes"}
+
+
+@cli.command(name="sweep")
+@click.argument("envs", required=False, metavar="ENVS")
+@config_options
+@click.option("--grid", "grids", multiple=True, metavar="NAME=V1,V2,...",
+              help="A grid axis: a `ppo train` option (as NAME or --name) and its values, comma-separated "
+                   "(hidden sizes as 64x64; off for an optional one). Repeat for more axes: the sweep is "
+                   "their cross product x ENVS x seeds.")
+@click.option("--spec", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A TOML file with envs = [...], seeds = N, preset = NAME, a [grid] table (NAME = [values]) "
+                   "and an [options] table of fixed `ppo train` options; the command line wins.")
+@click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=None,
+              help="Seeds per point: --seed, --seed + 1, ... [default: 3].")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Jobs trained at once on this machine [default: the number of CPU cores].")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Results folder; the sweep goes to OUT/sweeps/<name>/.")
+@click.option("--name", "sweep_name", default=None, help="Name of the sweep [default: 'sweep', 'sweep-2', ...].")
+@click.option("--preset", "preset_name", type=click.Choice(sorted(PRESETS)), default=None,
+              help="Start every point from a preset (as `ppo train --preset`); grid and given options win.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Run the jobs as Ray tasks on an existing cluster: auto (or RAY_ADDRESS), HOST:PORT, "
+                   "ray://HOST:PORT; local starts one in this process. Needs the ray extra.")
+@click.option("--resume", "resume_from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Continue a sweep folder: finished jobs are skipped, started ones continue.")
+@click.option("--trust-env", is_flag=True, help="With --resume: build 'module:attr' environments the sweep names.")
+@click.option("--eval", "with_eval", is_flag=True,
+              help="Evaluate every final checkpoint (as `ppo eval`) and rank by the evaluation IQM.")
+@click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True,
+              help="With --eval: episodes per checkpoint.")
+@click.option("--quiet", is_flag=True, help="Plain lines instead of the live display.")
+@click.pass_context
+def sweep_command(ctx: click.Context, envs: str | None, grids: tuple[str, ...], spec: Path | None,
+                  num_seeds: int | None, jobs: int | None, out_dir: Path, sweep_name: str | None,
+                  preset_name: str | None, ray_address: str | None, resume_from: Path | None, trust_env: bool,
+                  with_eval: bool, episodes: int, quiet: bool, **values: Any) -> None:
+    """Train a grid of `ppo train` options x ENVS x seeds, here or on a Ray cluster, and rank the points.
+
+    ENVS: one environment or several, comma-separated (aliases, Gymnasium ids, 'module:attr').
+    Every point's seeds are an ordinary run folder under OUT/sweeps/<name>/<env id>/<point>/.
+
+    \b
+    Example:
+      ppo sweep halfcheetah,hopper,walker2d --grid target_kl=0.01,0.03,0.07 --seeds 3
+      ppo sweep hopper --grid lr=1e-4,3e-4 --grid gae_lambda=0.9,0.95 --seeds 5 --total-steps 500000
+      ppo sweep hopper --grid lr=1e-4,3e-4 --ray auto
+      ppo sweep --resume results/sweeps/sweep
+    """
+    from ppo_cli.checkpoint import read_checkpoint
+    from ppo_cli.display import SweepDisplay, print_ranking, print_run_summary
+    from ppo_cli.runs import locked
+    from ppo_cli.signals import StopRequest, signals_deferred
+    from ppo_cli.sweep import plan_resume_sweep, run_jobs
+
+    with StopRequest() as stop:
+        with _user_errors():
+            if resume_from is not None:
+                given = [n for n in ctx.params if n not in _SWEEP_RESUME_COMPANIONS
+                         and ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+                if given:
+                    raise click.UsageError(f"--resume continues a sweep with its saved grid and options; drop "
+                                           f"{', '.join(_flag(n) for n in given)}")
+                plan = plan_resume_sweep(resume_from, lambda p: read_checkpoint(p, resume=True), trust_env)
+            else:
+                plan = _sweep_plan(ctx, envs, grids, spec, num_seeds, out_dir, sweep_name, preset_name, values)
+        if stop.requested:
+            raise CommandError("stopped before the sweep started; nothing was written", stop.exit_code)
+        console = Console()
+        with contextlib.ExitStack() as held:
+            with signals_deferred(), _user_errors():
+                if plan.new:
+                    _make_sweep_dir(plan.sweep_dir)
+                held.enter_context(locked(plan.sweep_dir))
+                if plan.new:
+                    plan.create()
+            parallel = jobs or os.cpu_count() or 1
+            where = f"on Ray ({ray_address})" if ray_address else f"{min(parallel, len(plan.jobs))} at a time"
+            console.print(f"Sweep {plan.sweep_dir}: {len(plan.jobs)} job(s) to train, {where}; "
+                          f"{len(plan.finished)} finished", highlight=False, soft_wrap=True)
+            results = []
+            if plan.jobs:
+                display = SweepDisplay(console, plan.jobs, quiet)
+                with display, _user_errors():
+                    results = run_jobs(plan.jobs, parallel, display.on_event, stop, ray_address)
+                failed = [r for r in results if r.status != "finished"]
+                if failed:
+                    print_run_summary(console, failed)
+            _finish_sweep(console, plan.sweep_dir, with_eval, episodes, stop, print_ranking)
+    raise SystemExit(_exit_code(results, stop))
+
+
+def _make_sweep_dir(folder: Path) -> None:
+    """Create the new sweep's folder: ``mkdir`` creates it or fails, so two sweeps never share one."""
+    from ppo_cli.errors import UserError
+
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir()
+    except FileExistsError:
+        raise UserError(f"{folder} was created by another process meanwhile; choose another --name") from None
+    except OSError as exc:
+        raise UserError(f"cannot write to {folder.parent}: {exc.strerror or exc}", "--out") from None
+
+
+def _finish_sweep(console: Console, sweep_dir: Path, with_eval: bool, episodes: int, stop: Any,
+                  print_ranking: Callable[..., None]) -> None:
+    """Evaluate (with --eval) and rank what the sweep holds; print the ranking."""
+    from ppo_cli.plots.data import PlotError
+    from ppo_cli.sweep import evaluate_checkpoints, summarise
+
+    if with_eval and not stop.requested:
+        with _user_errors():
+            evaluated = evaluate_checkpoints(sweep_dir, episodes)
+        console.print(f"evaluated {evaluated} checkpoint(s), {episodes} episodes each", highlight=False)
+    try:
+        ranking, figure, warnings = summarise(sweep_dir, with_eval)
+    except PlotError as exc:
+        console.print(f"no ranking yet: {exc}", highlight=False, soft_wrap=True)
+        return
+    for warning in warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    print_ranking(console, ranking)
+    console.print(f"ranking: {sweep_dir / 'sweep.csv'}\nfigure: {figure}", highlight=False, soft_wrap=True)
+
+
+def _sweep_plan(ctx: click.Context, envs: str | None, grids: tuple[str, ...], spec: Path | None,
+                num_seeds: int | None, out_dir: Path, sweep_name: str | None, preset_name: str | None,
+                values: dict[str, Any]) -> Any:
+    """A new sweep's plan: the TOML spec (if any) under the command line, every value parsed and every
+    config validated as `ppo train` would, the disk checked, before anything is written."""
+    from ppo_cli.checkpoint import required_bytes
+    from ppo_cli.runs import check_free_space, check_run_name
+    from ppo_cli.sweep import SWEEPS, plan_sweep
+
+    toml = _read_spec(spec) if spec is not None else {}
+    given = {k for k in values if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    for name, raw in toml.get("options", {}).items():
+        field = _field_name(name, "--spec [options]")
+        if field not in given:
+            values[field] = _parse_value(field, raw, f"--spec [options] {name}")
+            given.add(field)
+    env_list = envs.split(",") if envs else [str(e) for e in toml.get("envs", [])]
+    env_list = [e.strip() for e in env_list if e.strip()]
+    if not env_list:
+        raise click.UsageError("Missing argument 'ENVS' (or continue a sweep with --resume FOLDER).")
+    axes = _parse_grid(list(grids), toml.get("grid", {}), given)
+    seeds = num_seeds or toml.get("seeds", 3)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise click.BadParameter(f"seeds = {seeds!r}: a positive integer", param_hint="'--spec'")
+    sweeps = out_dir / SWEEPS
+    name = sweep_name or toml.get("name") or _free_name(sweeps, "sweep")
+    check_run_name(sweeps, str(name))
+    plan = plan_sweep(env_list, axes, [values["seed"] + k for k in range(seeds)], sweeps / str(name), values,
+                      preset_name or toml.get("preset"), given, checked_config)
+    needed = sum(required_bytes(job.config, *plan.sizes[job.config.env_id]) for job in plan.jobs)
+    check_free_space(out_dir, needed, len(plan.jobs))
+    return plan
+
+
+def _free_name(folder: Path, default: str) -> str:
+    """``default``, else ``default-2``, ... : the first name not taken in ``folder`` (taken for good by mkdir)."""
+    for k in range(1, 10_000):
+        name = default if k == 1 else f"{default}-{k}"
+        if not (folder / name).exists():
+            return name
+    raise click.UsageError(f"no free sweep name under {folder}; pass --name")
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"{path} is not a readable TOML file ({exc})", param_hint="'--spec'") from None
+    unknown = sorted(set(data) - {"envs", "seeds", "preset", "name", "grid", "options"})
+    if unknown or not isinstance(data.get("grid", {}), dict) or not isinstance(data.get("options", {}), dict):
+        raise click.BadParameter(f"{path}: expected envs, seeds, preset, name, a [grid] and an [options] table"
+                                 + (f"; unknown: {', '.join(unknown)}" if unknown else ""), param_hint="'--spec'")
+    return data
+
+
+def _field_name(name: str, where: str) -> str:
+    """``--target-kl``, ``target-kl`` or ``target_kl`` -> ``target_kl``, if it is a settable config field."""
+    import difflib
+
+    field = name.strip().removeprefix("--").replace("-", "_")
+    names = [f.name for f in config_fields() if f.name not in ("env_id", "seed")]
+    if field not in names:
+        close = difflib.get_close_matches(field, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; one of {', '.join(names)}"
+        raise click.BadParameter(f"{name!r} is not a `ppo train` option{hint}", param_hint=f"'{where}'")
+    return field
+
+
+def _parse_value(field: str, raw: Any, where: str) -> Any:
+    kind, optional = field_type(field)
+    if optional and str(raw).strip().lower() in ("off", "none"):
+        return None
+    try:
+        return kind.convert(raw if not isinstance(raw, list) else tuple(raw), None, None)
+    except click.BadParameter as exc:
+        raise click.BadParameter(f"{raw!r} for {_flag(field)}: {exc.message}", param_hint=f"'{where}'") from None
+
+
+def _parse_grid(grids: list[str], toml_grid: dict[str, Any], given: set[str]) -> list[Any]:
+    """``NAME=V1,V2,...`` (and the spec's [grid]) -> axes, every value read by `ppo train`'s own option types."""
+    from ppo_cli.sweep import Axis
+
+    raw: dict[str, tuple[str, list[Any]]] = {}
+    for name, listed in toml_grid.items():
+        raw[_field_name(name, "--spec [grid]")] = ("--spec [grid]", listed if isinstance(listed, list) else [listed])
+    for text in grids:
+        name, sep, values = text.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{text!r} is not NAME=V1,V2,... (e.g. target_kl=0.01,0.03)", param_hint="'--grid'")
+        raw[_field_name(name, "--grid")] = ("--grid", [v.strip() for v in values.split(",") if v.strip()])
+    axes = []
+    for field, (where, listed) in raw.items():
+        if not listed:
+            raise click.BadParameter(f"{_flag(field)} has no values; give them as {field}=V1,V2,...",
+                                     param_hint=f"'{where}'")
+        if field in given:
+            raise click.UsageError(f"{_flag(field)} is both a fixed option and a grid axis; drop one")
+        parsed = [_parse_value(field, v, where) for v in listed]
+        if len(set(map(repr, parsed))) != len(parsed):
+            raise click.BadParameter(f"{_flag(field)} lists a value twice: {', '.join(map(str, listed))}",
+                                     param_hint=f"'{where}'")
+        axes.append(Axis(field, tuple(parsed), tuple(str(v) for v in listed)))
+    return axes
 
 
 def _plot_path(folder: Path, out: str | None, fmt: str | None, name: str | None = None) -> Path:

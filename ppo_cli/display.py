@@ -185,3 +185,69 @@ def print_run_summary(console: Console, results: list[Any]) -> None:
         if r.status == "interrupted" and r.checkpoint and r.global_step:
             console.print(f"seed {r.seed}: checkpoint of step {r.global_step:,} in {r.checkpoint}",
                           highlight=False, soft_wrap=True)
+
+
+class SweepDisplay:
+    """A sweep's progress: jobs done, running and failed, the steps of all jobs together with their
+    total rate, and the ETA (one plain line per finished job with ``quiet``)."""
+
+    def __init__(self, console: Console, jobs: list[Any], quiet: bool = False) -> None:
+        self.console, self.quiet = console, quiet
+        self.totals = {job.ident: job.config.num_iterations * job.config.batch_size for job in jobs}
+        self.steps = {job.ident: 0 for job in jobs}
+        self.sps: dict[Any, int] = {}
+        self.counts = {"done": 0, "running": 0, "failed": 0}
+        self.progress = Progress(
+            TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(), console=console, disable=quiet)
+        self.task = self.progress.add_task("sweep", total=sum(self.totals.values()), status="")
+
+    def __enter__(self) -> SweepDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_event(self, event: tuple[str, Any, Any]) -> None:
+        kind, key, payload = event
+        if kind == "start":
+            self.counts["running"] += 1
+        elif kind == "iteration":
+            self.steps[key], self.sps[key] = payload["global_step"], payload["sps"]
+        elif kind == "done":
+            self.counts["running"] -= 1
+            self.counts["failed" if payload.status == "failed" else "done"] += payload.status != "interrupted"
+            self.sps.pop(key, None)
+            if payload.status == "finished":
+                self.steps[key] = self.totals.get(key, self.steps.get(key, 0))
+            if self.quiet:
+                ret = payload.final_return
+                self.console.print(f"{key}: {payload.status} at step {payload.global_step:,}, return {_fmt(ret)}"
+                                   + (f" ({payload.message})" if payload.message else ""),
+                                   highlight=False, soft_wrap=True)
+        c = self.counts
+        status = f"{c['done']} done, {c['running']} running, {c['failed']} failed, {sum(self.sps.values()):,} steps/s"
+        self.progress.update(self.task, completed=sum(self.steps.values()), status=status)
+
+
+def print_ranking(console: Console, ranking: Any) -> None:
+    """Per environment, the points by IQM, best first; where a point's interval overlaps the best's, the
+    ranking between them is not significant, and the table says so."""
+    from rich.markup import escape
+
+    def num(value: float) -> str:
+        return "-" if value != value else f"{value:.0f}" if abs(value) >= 100 else f"{value:#.3g}"
+
+    for env, group in ranking.groupby("env", sort=True):
+        by = "evaluation" if group["by"].iloc[0] == "eval" else "final training"
+        table = Table(title=f"{escape(env)}: points by {by} return IQM", title_justify="left")
+        for column in ("rank", "point", "seeds", "IQM [95% CI]", "mean +- std", "note"):
+            table.add_column(column, justify="right" if column in ("rank", "seeds") else "left", overflow="fold")
+        for row in group.itertuples(index=False):
+            note = "best" if row.rank == 1 else ("interval overlaps the best's: not significantly different"
+                                                 if row.overlaps_best else "below the best")
+            table.add_row(str(row.rank), escape(row.point), str(row.seeds),
+                          f"{num(row.iqm)} [{num(row.iqm_ci_low)}, {num(row.iqm_ci_high)}]",
+                          f"{num(row.mean)} +- {num(row.std)}", note)
+        console.print(table)

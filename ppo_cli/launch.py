@@ -1,7 +1,8 @@
 """Run several seeds: in this process one after another, or as parallel worker processes.
 
-Each seed's ``train`` reports through events ``(kind, seed, payload)``:
-``("start", seed, None)``, ``("iteration", seed, row)`` and ``("done", seed, TrainResult)``.
+Each job's ``train`` reports through events ``(kind, key, payload)``: ``("start", key, None)``,
+``("iteration", key, row)`` and ``("done", key, TrainResult)``, where ``key`` is the job's
+:attr:`SeedJob.ident` (its seed, unless the caller gives it a key: a sweep's jobs share seeds).
 A seed that raises or whose process dies is reported as ``failed`` and the others go on.
 
 Stopping (see :mod:`ppo_cli.signals`): the caller's :class:`~ppo_cli.signals.StopRequest` is the
@@ -20,8 +21,9 @@ import multiprocessing as mp
 import multiprocessing.connection
 import os
 import signal
+import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,23 +40,28 @@ class SeedJob:
     config: Config
     run_dir: Path
     resume: bool = False  # continue from run_dir/checkpoint.pt
+    key: Any = None  # what events name the job by (default: its seed)
+
+    @property
+    def ident(self) -> Any:
+        return self.config.seed if self.key is None else self.key
 
 
 def run_one(job: SeedJob, emit: Callable[[Event], None], stop: StopRequest | None = None) -> Any:
     """Train one seed, turning any exception into a ``failed`` result (details in ``error.txt``)."""
-    seed = job.config.seed
+    seed, key = job.config.seed, job.ident
     try:
         from ppo_cli.trainer import TrainResult, train  # imported here: workers pay for torch, not the CLI
     except KeyboardInterrupt:  # a second Ctrl-C while torch loads
         from ppo_cli.trainer import TrainResult
-        return _done(emit, TrainResult(seed, str(job.run_dir), "interrupted", message="interrupted before training "
-                                                                                      "started"))
+        return _done(emit, key, TrainResult(seed, str(job.run_dir), "interrupted",
+                                            message="interrupted before training started"))
     if stop is not None and stop.requested:
-        return _done(emit, TrainResult(seed, str(job.run_dir), "interrupted", message="not started",
-                                       signal=stop.signum))
-    emit(("start", seed, None))
+        return _done(emit, key, TrainResult(seed, str(job.run_dir), "interrupted", message="not started",
+                                            signal=stop.signum))
+    emit(("start", key, None))
     try:
-        result = train(job.config, job.run_dir, on_iteration=lambda row: emit(("iteration", seed, row)),
+        result = train(job.config, job.run_dir, on_iteration=lambda row: emit(("iteration", key, row)),
                        resume=job.resume, stop=stop)
     except KeyboardInterrupt:
         result = TrainResult(seed, str(job.run_dir), "interrupted", message="interrupted before training started",
@@ -63,11 +70,11 @@ def run_one(job: SeedJob, emit: Callable[[Event], None], stop: StopRequest | Non
         result = TrainResult(seed, str(job.run_dir), "failed", message=str(exc))
     except Exception as exc:  # one bad seed must not take the others down
         result = TrainResult(seed, str(job.run_dir), "failed", message=_failure_message(job.run_dir, exc))
-    return _done(emit, result)
+    return _done(emit, key, result)
 
 
-def _done(emit: Callable[[Event], None], result: Any) -> Any:
-    emit(("done", result.seed, result))
+def _done(emit: Callable[[Event], None], key: Any, result: Any) -> Any:
+    emit(("done", key, result))
     return result
 
 
@@ -117,12 +124,12 @@ def run_seeds(jobs: list[SeedJob], parallel: int, on_event: Callable[[Event], No
             if stop.requested:
                 break
             result = run_one(job, on_event, stop)
-            results[job.config.seed] = result
+            results[job.ident] = result
             if result.status == "interrupted":
                 break
     else:
         results = _run_parallel(jobs, parallel, on_event, stop)
-    return [results.get(job.config.seed) or TrainResult(job.config.seed, str(job.run_dir), "interrupted",
+    return [results.get(job.ident) or TrainResult(job.config.seed, str(job.run_dir), "interrupted",
                                                         message="not started", signal=stop.signum)
             for job in jobs]
 
@@ -133,6 +140,7 @@ class _Worker:
     conn: Any
     job: SeedJob
     result: Any = None
+    started: float = field(default_factory=time.time)
 
 
 def _run_parallel(jobs: list[SeedJob], parallel: int, on_event: Callable[[Event], None],
@@ -160,15 +168,15 @@ def _run_parallel(jobs: list[SeedJob], parallel: int, on_event: Callable[[Event]
         while pending or running:
             while pending and len(running) < parallel and not stop.requested:
                 job = pending.pop(0)
-                running[job.config.seed] = _launch(ctx, job)
+                running[job.ident] = _launch(ctx, job)
             ready = mp.connection.wait([w.conn for w in running.values()], timeout=0.2)
             for worker in list(running.values()):
                 if worker.conn in ready:
                     _drain(worker, on_event)
                 if worker.conn.closed:  # its pipe is at its end: the worker has exited or is exiting
                     worker.process.join()
-                    results[worker.job.config.seed] = worker.result or _died(worker, on_event)
-                    del running[worker.job.config.seed]
+                    results[worker.job.ident] = worker.result or _died(worker, on_event)
+                    del running[worker.job.ident]
             if stop.requested:
                 pending.clear()
     finally:
@@ -204,13 +212,14 @@ def _died(worker: _Worker, on_event: Callable[[Event], None]) -> Any:
 
     code = worker.process.exitcode
     message = f"worker process died with exit code {code}"
+    error = worker.job.run_dir / ERROR_FILE
     try:
-        first_line = (worker.job.run_dir / ERROR_FILE).read_text(encoding="utf-8").strip().splitlines()[-1]
-        message += f": {first_line}"
+        if error.stat().st_mtime >= worker.started - 1:  # written by this worker, not an earlier attempt
+            message += f": {error.read_text(encoding='utf-8').strip().splitlines()[-1]}"
     except (OSError, IndexError, UnicodeDecodeError):
         pass
     result = TrainResult(worker.job.config.seed, str(worker.job.run_dir), "failed", message=message)
-    on_event(("done", result.seed, result))
+    on_event(("done", worker.job.ident, result))
     return result
 
 

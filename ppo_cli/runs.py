@@ -52,7 +52,7 @@ class RunPlan:
                     self.run_dir = self.create()
                     self.jobs = [dataclasses.replace(job, run_dir=self.run_dir / job.run_dir.name) for job in self.jobs]
                 if self.lock_run:
-                    held.enter_context(_locked(self.run_dir))
+                    held.enter_context(locked(self.run_dir))
                 try:
                     if self.record is not None:
                         self.record(self.run_dir)
@@ -64,7 +64,9 @@ class RunPlan:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def locked(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s :class:`~ppo_cli.files.FolderLock` for the block; a :class:`PlanError` if another
+    process holds it or the folder cannot be written."""
     try:
         lock = FolderLock(folder).acquire()
     except FolderBusy as exc:
@@ -193,10 +195,10 @@ def check_run_name(env_dir: Path, run_name: str | None) -> None:
                         f"remove it")
 
 
-def make_run_dir(out_dir: Path, env_dir: Path, run_name: str | None) -> Path:
+def make_run_dir(out_dir: Path, env_dir: Path, run_name: str | None, default: str = DEFAULT_RUN_NAME) -> Path:
     """Create ``OUT/<env folder>/<run name>`` without ever reusing an existing folder (``mkdir`` either
-    creates it or fails, so two processes never get the same one); on failure, remove the folders
-    this call created."""
+    creates it or fails, so two processes never get the same one; without ``run_name``, ``default``,
+    ``default-2``, ...); on failure, remove the folders this call created."""
     created = [p for p in (env_dir, *env_dir.parents) if not p.exists()]
     try:
         try:
@@ -204,8 +206,7 @@ def make_run_dir(out_dir: Path, env_dir: Path, run_name: str | None) -> Path:
             check_writable(env_dir)
         except OSError as exc:
             raise PlanError(f"cannot write to {out_dir}: {exc.strerror or exc}", "--out") from None
-        names = [run_name] if run_name is not None else \
-            [DEFAULT_RUN_NAME] + [f"{DEFAULT_RUN_NAME}-{k}" for k in range(2, 10_000)]
+        names = [run_name] if run_name is not None else [default] + [f"{default}-{k}" for k in range(2, 10_000)]
         for name in names:
             try:
                 (env_dir / name).mkdir()

@@ -1,0 +1,230 @@
+"""ppo sweep: grid parsing and its errors, a sweep end to end, resume, a failing job, and the Ray path on real
+local Ray clusters (one started in-process, one by `ray start --head` in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from ppo_cli.cli import cli
+from ppo_cli.diagnostics import TIMING_COLUMNS
+from tests.conftest import interrupt_at_update
+
+ROOT = Path(__file__).parent.parent
+POINT = "tests.fake_envs:PointEnv"
+TINY = ["--total-steps", "1024", "--num-envs", "1", "--num-steps", "256", "--num-minibatches", "4",
+        "--update-epochs", "2", "--hidden-sizes", "16,16"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, env={"COLUMNS": "200"})
+
+
+def text(result) -> str:
+    return " ".join(result.output.split())
+
+
+def progress(seed_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(seed_dir / "progress.csv").drop(columns=list(TIMING_COLUMNS))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "target-kll=0.01,0.02"], "'target-kll' is not a `ppo train` option; did you mean target_kl?"),
+    (["--grid", "lr=1e-3,abc"], "'abc' for --lr: 'abc' is not a valid float"),
+    (["--grid", "lr="], "--lr has no values; give them as lr=V1,V2,..."),
+    (["--grid", "lr"], "'lr' is not NAME=V1,V2,..."),
+    (["--grid", "lr=1e-3,0.001"], "--lr lists a value twice"),
+    (["--grid", "lr=1e-3,-1"], "grid point lr=-1 on tests.fake_envs:PointEnv: must be a positive number, got -1.0"),
+    (["--grid", "update_epochs=1,2"], "--update-epochs is both a fixed option and a grid axis"),
+    (["--grid", "lr=1e-3", "--num-steps", "255"], "--num-minibatches 4 does not divide the batch size 255"),
+    (["--grid", "lr=1e-3", "--lr", "1e-4"], "--lr is both a fixed option and a grid axis"),
+    ([], "a sweep needs a grid: --grid NAME=V1,V2,..."),
+    (["--grid", "update=fused,turbo"], "'turbo' is not one of 'auto', 'fused', 'autograd'"),
+])
+def test_grid_mistakes_are_one_error_and_start_nothing(tmp_path, args, message):
+    result = invoke("sweep", POINT, *TINY, *args, "--out", tmp_path)
+    assert result.exit_code == 2, result.output
+    assert message in text(result), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "sweeps").exists()
+
+
+def test_a_sweep_end_to_end_trains_every_point_and_seed_and_ranks_them(tmp_path):
+    result = invoke("sweep", POINT, "--grid", "lr=1e-3,3e-2", "--grid", "clip_coef=0.2", "--seeds", "2", *TINY,
+                    "--out", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    sweep = tmp_path / "sweeps" / "sweep"
+    record = json.loads((sweep / "sweep.json").read_text())
+    assert record["grid"] == [["lr", ["1e-3", "3e-2"]], ["clip_coef", ["0.2"]]] and record["seeds"] == [0, 1]
+    assert record["fixed"]["total_steps"] == 1024
+    for point in ("lr=1e-3,clip_coef=0.2", "lr=3e-2,clip_coef=0.2"):
+        run = sweep / "tests.fake_envs_PointEnv" / point
+        assert json.loads((run / "run.json").read_text())["seeds"] == [0, 1]
+        for seed in (0, 1):
+            config = json.loads((run / f"seed_{seed}" / "config.json").read_text())
+            assert config["seed"] == seed and config["lr"] == float(point.split(",")[0][3:])
+            assert len(progress(run / f"seed_{seed}")) == 4
+    ranking = pd.read_csv(sweep / "sweep.csv")
+    assert sorted(ranking["point"]) == ["lr=1e-3,clip_coef=0.2", "lr=3e-2,clip_coef=0.2"]
+    assert list(ranking["rank"]) == [1, 2] and ranking["iqm"].is_monotonic_decreasing
+    assert (ranking["seeds"] == 2).all() and (sweep / "sweep.png").stat().st_size > 10_000
+    assert "points by final training return IQM" in text(result)
+    assert invoke("diagnose", sweep / "tests.fake_envs_PointEnv" / "lr=1e-3,clip_coef=0.2").exit_code == 0
+
+
+def test_a_spec_file_and_a_second_sweep_name(tmp_path):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(f'envs = ["{POINT}"]\nseeds = 1\n[grid]\nlr = [1e-3, 3e-3]\n'
+                    '[options]\ntotal_steps = 512\nnum_envs = 1\nnum_steps = 256\nnum_minibatches = 4\n'
+                    'update_epochs = 1\nhidden_sizes = [8]\n')
+    for name in ("sweep", "sweep-2"):
+        result = invoke("sweep", "--spec", spec, "--out", tmp_path, "--quiet")
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "sweeps" / name / "tests.fake_envs_PointEnv" / "lr=0.003" / "seed_0").is_dir()
+    assert json.loads((tmp_path / "sweeps" / "sweep" / "tests.fake_envs_PointEnv" / "lr=0.001" / "seed_0" /
+                       "config.json").read_text())["hidden_sizes"] == [8]
+
+
+def test_an_interrupted_sweep_resumes_to_the_same_rows(tmp_path, monkeypatch):
+    args = [POINT, "--grid", "lr=1e-3,3e-3", "--seeds", "2", "--jobs", "1", *TINY, "--quiet"]
+    assert invoke("sweep", *args, "--out", tmp_path / "whole").exit_code == 0
+    interrupt_at_update(monkeypatch, 6)  # Ctrl-C in the second job; the third and fourth never start
+    assert invoke("sweep", *args, "--out", tmp_path / "cut").exit_code == 130
+    monkeypatch.undo()
+    sweep = tmp_path / "cut" / "sweeps" / "sweep"
+    resumed = invoke("sweep", "--resume", sweep, "--trust-env", "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    assert "4 job(s) to train" not in text(resumed) and "1 finished" in text(resumed)
+    for point in ("lr=1e-3", "lr=3e-3"):
+        for seed in (0, 1):
+            part = Path("tests.fake_envs_PointEnv") / point / f"seed_{seed}"
+            assert progress(sweep / part).equals(progress(tmp_path / "whole" / "sweeps" / "sweep" / part))
+    again = invoke("sweep", "--resume", sweep, "--trust-env", "--quiet")
+    assert again.exit_code == 0 and "0 job(s) to train" in text(again) and "4 finished" in text(again)
+    assert invoke("sweep", "--resume", sweep, "--lr", "0.1").exit_code == 2
+
+
+def test_a_failing_job_is_reported_and_the_others_go_on(tmp_path, monkeypatch):
+    from ppo_cli.trainer import _Seeds
+
+    monkeypatch.setenv("PPO_TEST_NAN_ENV_SEED", str(_Seeds.from_seed(1, 1).env_seeds[0]))
+    result = invoke("sweep", "tests.fake_envs:NanForSeedEnv", "--grid", "lr=1e-3,3e-3", "--seeds", "2",
+                    "--total-steps", "2048", *TINY[2:], "--out", tmp_path, "--quiet")
+    assert result.exit_code == 1, result.output
+    assert text(result).count("failed at step") == 2  # seed 1 of both points
+    ranking = pd.read_csv(tmp_path / "sweeps" / "sweep" / "sweep.csv")
+    assert len(ranking) == 2  # ranked from what the seeds wrote
+
+
+def test_without_the_ray_extra_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    result = invoke("sweep", POINT, "--grid", "lr=1e-3", "--seeds", "1", *TINY, "--out", tmp_path, "--ray", "auto")
+    assert result.exit_code == 2
+    assert "--ray needs the ray extra: pip install -c constraints.txt -e '.[ray]'" in text(result)
+
+
+# ----------------------------------------------------------------------------- Ray, on real local clusters
+
+ray = pytest.importorskip("ray", reason="the ray extra (make installs it)")
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}  # a test cluster on loopback, no token
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """A real Ray head (`ray start --head --block`) in a session of its own, stopped by its process group."""
+    port = 6380 + os.getpid() % 500
+    env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(ROOT)}
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                             f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                             "--object-store-memory=200000000", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            probe = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={address!r}); ray.shutdown()"],
+                                   capture_output=True, text=True, env=env, timeout=90)
+            if probe.returncode == 0:
+                break
+            if time.time() > deadline or head.poll() is not None:
+                raise RuntimeError(f"the Ray head did not start: {probe.stderr[-1500:]}")
+            time.sleep(1)
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # the head's own group: never `ray stop`, which stops every Ray
+        try:
+            head.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+
+
+def _same_as_local(tmp_path: Path, ray_args: list[str], monkeypatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # where Ray's workers find tests.fake_envs
+    for name, value in RAY_ENV.items():
+        monkeypatch.setenv(name, value)
+    args = ["sweep", POINT, "--grid", "lr=1e-3,3e-3", "--seeds", "1", *TINY, "--quiet"]
+    on_ray = invoke(*args, "--out", tmp_path / "ray", *ray_args)
+    assert on_ray.exit_code == 0, on_ray.output
+    assert invoke(*args, "--out", tmp_path / "local").exit_code == 0
+    for point in ("lr=1e-3", "lr=3e-3"):
+        part = Path("sweeps") / "sweep" / "tests.fake_envs_PointEnv" / point / "seed_0"
+        for name in ("config.json", "checkpoint.pt", "episodes.csv"):
+            assert (tmp_path / "ray" / part / name).is_file(), name  # the files came back to the driver
+        assert progress(tmp_path / "ray" / part).equals(progress(tmp_path / "local" / part))  # same rows
+    assert pd.read_csv(tmp_path / "ray" / "sweeps" / "sweep" / "sweep.csv")["point"].tolist() == \
+        pd.read_csv(tmp_path / "local" / "sweeps" / "sweep" / "sweep.csv")["point"].tolist()
+
+
+def test_ray_in_process_cluster_gives_the_local_rows(tmp_path, monkeypatch):
+    """--ray local: ray.init(address="local") starts a cluster in this process for the sweep."""
+    _same_as_local(tmp_path, ["--ray", "local"], monkeypatch)
+    assert not ray.is_initialized()  # the sweep disconnected
+
+
+def test_ray_head_reached_through_its_address_gives_the_local_rows(tmp_path, monkeypatch, ray_head):
+    _same_as_local(tmp_path, ["--ray", ray_head], monkeypatch)
+
+
+def segment_that_dies_once(config, files, until_iteration, resume):
+    """train_segment, except that its first attempt at the segment ending at iteration 3 of lr=3e-3 kills the
+    Ray worker process it runs in (as a lost node would); Ray then retries it from the same input."""
+    from ppo_cli import ray_jobs
+
+    marker = Path(os.environ["PPO_TEST_MARKER"])
+    if until_iteration == 3 and config["lr"] == 3e-3 and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(1)
+    return ray_jobs.train_segment(config, files, until_iteration, resume)
+
+
+def test_a_lost_ray_worker_is_retried_from_its_last_checkpoint(tmp_path, monkeypatch, ray_head):
+    from ppo_cli import ray_jobs
+
+    marker = tmp_path / "worker-killed"
+    for name, value in RAY_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(ray_jobs, "train_segment", segment_that_dies_once)  # Ray ships it by name: tests.test_sweep
+    ray.init(address=ray_head, logging_level="ERROR",  # the sweep uses this connection, with the marker's path
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "PPO_TEST_MARKER": str(marker)}})
+    try:
+        _same_as_local(tmp_path, ["--ray", ray_head], monkeypatch)
+    finally:
+        ray.shutdown()
+    assert marker.is_file()
+
+
+def test_an_unreachable_cluster_is_one_error(tmp_path, monkeypatch):
+    for name, value in RAY_ENV.items():
+        monkeypatch.setenv(name, value)
+    result = invoke("sweep", POINT, "--grid", "lr=1e-3", "--seeds", "1", *TINY, "--out", tmp_path,
+                    "--ray", "127.0.0.1:1")
+    assert result.exit_code == 2 and "no Ray cluster could be reached at '127.0.0.1:1'" in text(result)
