@@ -33,6 +33,7 @@ setup(
         "test": ["pytest>=7"],
         "fast": ["envpool>=1.2"],  # --backend envpool (C++ vectorised MuJoCo)
         "ray": ["ray>=2.9"],  # ppo sweep --ray (an existing Ray cluster)
+        "tensorboard": ["tensorboard>=2.14"],  # ppo train --tensorboard
         "bench": ["stable-baselines3>=2.3"],
     },
     entry_points={"console_scripts": ["ppo=ppo_cli.__main__:run"]},

@@ -17,10 +17,12 @@ name would shadow the ``mujoco`` package.)
 2. **evaluate** every final checkpoint with ``ppo eval RUN --episodes 10`` (deterministic: the
    Gaussian mean, the saved observation statistics frozen, raw rewards), which writes
    ``eval.json`` beside each checkpoint.
-3. **summarise** with ``ppo plot``'s library call: the figure (return and diagnostics across
-   seeds, one column per task) and per task: seeds, IQM of the evaluation return with its 95%
-   stratified-bootstrap interval, mean +- std, the final training return (mean of the episodes
-   in each seed's last 10% of steps), wall time and steps/s. Written to ``RESULTS/summary.csv``,
+3. **summarise** with ``ppo plot``'s library call: the figure (return, the evaluation curve and
+   diagnostics across seeds, one column per task) and per task: seeds, IQM of the evaluation
+   return with its 95% stratified-bootstrap interval, mean +- std, the final training return
+   (mean of the episodes in each seed's last 10% of steps), the last and the best evaluation
+   during training (every 10 iterations, 10 episodes; the best is optimistic), wall time and
+   steps/s. Written to ``RESULTS/summary.csv``,
    ``RESULTS/seeds.csv``, ``RESULTS/learning_curves.png`` and ``RESULTS/config.json``.
 """
 
@@ -43,8 +45,8 @@ from ppo_cli.config import PRESETS, Config, ConfigError, preset, task_family
 from ppo_cli.envs import resolve_env_id
 from ppo_cli.files import atomic_write_text
 from ppo_cli.launch import SeedJob, run_one
-from ppo_cli.layout import (CHECKPOINT_FILE, EVAL_FILE, PROGRESS_FILE, LayoutError, env_folder, is_seed_dir,
-                            plan_resume, seed_dirs, seed_folder)
+from ppo_cli.layout import (CHECKPOINT_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRESS_FILE, LayoutError, env_folder,
+                            is_seed_dir, plan_resume, seed_dirs, seed_folder)
 
 TASKS = ("Hopper-v4", "HalfCheetah-v4", "Walker2d-v4")
 TARGETS = {  # evaluation IQM targets of the learning-quality issue at 1M steps, set for v4 (v5: for scale)
@@ -79,11 +81,17 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
     return out
 
 
+RECORDING = {"eval_interval": 10, "eval_episodes": 10}
+"""Evaluation curves during training (every 10 iterations, 10 deterministic episodes): the summary's
+last and best evaluation. Evaluation does not change training (tested), only its wall time."""
+
+
 def task_configs(tasks: list[str], steps: int, preset_name: str | None,
                  overrides: dict[str, object]) -> dict[str, Config]:
-    """Each task's config (seed 0): the defaults, or ``preset_name``'s values for it, then ``overrides``."""
+    """Each task's config (seed 0): the defaults, or ``preset_name``'s values for it, then ``overrides``,
+    with the evaluation curve (:data:`RECORDING`) unless an override sets it."""
     return {env_id: Config(env_id=env_id, total_steps=steps,
-                           **{**(preset(preset_name, env_id) if preset_name else {}), **overrides})
+                           **{**RECORDING, **(preset(preset_name, env_id) if preset_name else {}), **overrides})
             for env_id in tasks}
 
 
@@ -164,8 +172,12 @@ def summarise(run_folders: list[Path], results: Path, configs: dict[str, Config]
             progress = pd.read_csv(seed_dir / PROGRESS_FILE)
             evaluation = json.loads((seed_dir / EVAL_FILE).read_text())
             last = progress.iloc[-1]
+            curve = (pd.read_csv(seed_dir / EVALUATIONS_FILE)["mean"] if (seed_dir / EVALUATIONS_FILE).is_file()
+                     else pd.Series(dtype=float))
             seeds.append({"env": folder.parent.name, "seed": int(seed_dir.name.split("_")[1]),
                           "eval_mean": evaluation["mean"], "eval_std": evaluation["std"],
+                          "last_evaluation": curve.iloc[-1] if len(curve) else np.nan,
+                          "best_evaluation": curve.max() if len(curve) else np.nan,
                           "steps": int(last["global_step"]), "wall_time_s": float(last["time_s"]),
                           "sps": float(last["global_step"]) / float(last["time_s"])})
     per_seed = pd.DataFrame(seeds)
@@ -223,6 +235,7 @@ def main() -> None:
     evaluate_all(folders, args.episodes)
     summary = summarise(folders, results, configs)
     columns = ["env", "seeds", "eval_iqm", "eval_iqm_ci_low", "eval_iqm_ci_high", "eval_mean", "eval_std",
+               "evaluation_last_iqm", "evaluation_best_iqm",
                "final_mean", "final_std", "wall_time_s", "sps", "target"]
     with pd.option_context("display.width", 200, "display.float_format", "{:.0f}".format):
         print(summary[columns].to_string(index=False))

@@ -294,10 +294,12 @@ def _check_resume_options(ctx: click.Context) -> None:
               help="Video frame rate, 0.1-1000 [default: the environment's render_fps].")
 @click.option("--frames", type=click.IntRange(min=1), default=None,
               help="Record at most this many frames [default: the whole first episode].")
+@click.option("--best", is_flag=True,
+              help="Evaluate each seed's best.pt (the best evaluation during training) instead of checkpoint.pt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of tables.")
 def eval_command(checkpoint: Path, episodes: int, seed: int, deterministic: bool, env_name: str | None,
                  trust_env: bool, render: bool, video: Path | None, fps: float | None, frames: int | None,
-                 as_json: bool) -> None:
+                 best: bool, as_json: bool) -> None:
     """Evaluate CHECKPOINT with its own observation statistics and report raw returns.
 
     CHECKPOINT is a checkpoint.pt, a seed folder holding one, or a run folder (every seed_*/ in it).
@@ -307,6 +309,7 @@ def eval_command(checkpoint: Path, episodes: int, seed: int, deterministic: bool
     Example:
       ppo eval results/Hopper-v5/default/seed_0/checkpoint.pt --render
       ppo eval results/Hopper-v5/default --episodes 10 --json
+      ppo eval results/Hopper-v5/default --best
     """
     import json
 
@@ -315,7 +318,7 @@ def eval_command(checkpoint: Path, episodes: int, seed: int, deterministic: bool
     from ppo_cli.render import RenderError, VideoWriter, has_display, use_offscreen_backend
 
     with _user_errors():
-        planned = plan_eval(checkpoint, env_name, trust_env, video)
+        planned = plan_eval(checkpoint, env_name, trust_env, video, best)
         render_mode = None
         if video is not None or render:
             live = render and video is None and has_display()

@@ -80,6 +80,14 @@ class Config:
     # the networks
     hidden_sizes: tuple[int, ...] = _opt((64, 64), "Hidden layer widths of both MLPs (tanh), e.g. 64,64.")
     init_log_std: float = _opt(-0.5, "Initial log standard deviation of the Gaussian policy.")
+    # evaluating and recording while training
+    eval_interval: int = _opt(0, "Evaluate the deterministic policy every this many iterations (and at the end) "
+                                 "into evaluations.csv, keeping the best as best.pt (0: never).")
+    eval_episodes: int = _opt(10, "Episodes per evaluation during training.")
+    video_interval: int = _opt(0, "Record a short off-screen clip of the deterministic policy every this many "
+                                  "iterations into videos/ (0: never).")
+    tensorboard: bool = _opt(False, "Also write every progress.csv column and evaluation as TensorBoard scalars "
+                                    "in the seed folder (the tensorboard extra).")
     # how the run is carried out
     checkpoint_interval: int = _opt(10, "Write checkpoint.pt every this many iterations (and at the end).")
     step_timeout: float | None = _opt(
@@ -122,10 +130,14 @@ class Config:
         if not self.env_id:
             raise ConfigError("env_id", "env_id is empty; give a Gymnasium id or 'module:attr'")
         for name in ("total_steps", "num_envs", "num_steps", "update_epochs", "num_minibatches",
-                     "checkpoint_interval"):
+                     "checkpoint_interval", "eval_episodes"):
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(name, f"{name} must be a positive integer, got {value}")
+        for name in ("eval_interval", "video_interval"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ConfigError(name, f"{name} must be 0 (never) or a number of iterations, got {value}")
         if self.seed < 0:
             raise ConfigError("seed", f"seed must be >= 0, got {self.seed}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:

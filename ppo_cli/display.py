@@ -49,6 +49,11 @@ def print_plot_summary(console: Console, summary: Any) -> None:
     if "eval_seeds" in summary.columns:
         tables.append(("Evaluation: mean return of each seed's eval.json", "eval",
                        lambda row: [str(row.eval_seeds)], ["seeds"]))
+    if "evaluations_seeds" in summary.columns and (summary["evaluations_seeds"] > 0).any():
+        for which, what in (("last", "each seed's last evaluation during training"),
+                            ("best", "each seed's best evaluation during training (optimistic: a maximum)")):
+            tables.append((f"Evaluation: {what}", f"evaluation_{which}",
+                           lambda row: [str(row.evaluations_seeds)], ["seeds"]))
     for title, prefix, first_cells, first_columns in tables:
         table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
         for column in ["env", "run", *first_columns, "mean +- std", "IQM [95% CI]"]:
@@ -170,14 +175,17 @@ def print_diagnosis(console: Console, report: Any) -> None:
 
 
 def print_run_summary(console: Console, results: list[Any]) -> None:
+    evaluated = any(getattr(r, "best_eval", None) is not None for r in results)
     table = Table(title="Runs")
-    for column in ("seed", "status", "final return", "steps", "wall time", "files"):
-        table.add_column(column, justify="right" if column in {"final return", "steps", "wall time"} else "left",
-                         overflow="fold")
+    columns = ["seed", "status", "final return", *(["best eval", "last eval"] if evaluated else []), "steps",
+               "wall time", "files"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in {"seed", "status", "files"} else "right", overflow="fold")
     for r in results:
         style = {"finished": "green", "interrupted": "yellow", "failed": "red"}[r.status]
-        table.add_row(str(r.seed), f"[{style}]{r.status}[/{style}]", _fmt(r.final_return), f"{r.global_step:,}",
-                      f"{r.wall_time_s:.1f} s", r.run_dir)
+        evals = [_fmt(r.best_eval), _fmt(r.last_eval)] if evaluated else []
+        table.add_row(str(r.seed), f"[{style}]{r.status}[/{style}]", _fmt(r.final_return), *evals,
+                      f"{r.global_step:,}", f"{r.wall_time_s:.1f} s", r.run_dir)
     console.print(table)
     for r in results:
         if r.message:

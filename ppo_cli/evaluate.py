@@ -70,13 +70,13 @@ class EvalJob:
 
 
 def plan_eval(path: Path, env_name: str | None = None, trust_env: bool = False,
-              video: Path | None = None) -> list[EvalJob]:
+              video: Path | None = None, best: bool = False) -> list[EvalJob]:
     """The checkpoints of ``path`` (a file, a seed folder or a run folder), read and checked, each with
     the environment to evaluate it on: ``env_name`` (typed by the user, so theirs to run), else the
     checkpoint's, which must be a registered id unless ``trust_env``. Refuses, before any episode,
     what could not be written: ``eval.json`` beside each checkpoint, the ``video``."""
     try:
-        paths = checkpoint_files(path)
+        paths = checkpoint_files(path, best)
         states = [read_checkpoint(p) for p in paths]
     except (CheckpointError, LayoutError) as exc:
         raise UserError(str(exc), "CHECKPOINT") from None
@@ -159,16 +159,21 @@ def check_env_fits(loaded: LoadedAgent, env: Any, env_id: str) -> None:
 
 
 def run_episodes(env: Any, policy: RolloutPolicy, obs_filter: ObservationNormalizer, episodes: int, seed: int,
-                 deterministic: bool = True, video: VideoWriter | None = None) -> tuple[list[float], list[int]]:
+                 deterministic: bool = True, video: VideoWriter | None = None,
+                 check_stop: Any = None) -> tuple[list[float], list[int]]:
     """Play ``episodes`` episodes; returns raw returns and lengths. The first reset is seeded with ``seed``.
 
     Frames go to ``video`` from the first step until it is full (by default, the first episode).
+    ``check_stop`` (training's stop request) is called before every episode. ``ppo eval`` and the
+    evaluations during training (:mod:`ppo_cli.monitor`) both play their episodes here.
     """
     rng = np.random.default_rng(seed)
     spaces = check_spaces(env, str(env.spec.id if env.spec else env))
     returns, lengths = [], []
     recording = video is not None
     for episode in range(episodes):
+        if check_stop is not None:
+            check_stop()
         obs, _ = env.reset(seed=seed if episode == 0 else None)
         if recording:
             video.add(env.render())

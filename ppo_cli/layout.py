@@ -11,6 +11,9 @@
             episodes.csv                one row per finished episode
             checkpoint.pt               the state after the last saved iteration
             eval.json, eval.mp4         written by ``ppo eval``
+            evaluations.csv, best.pt    with --eval-interval: evaluations during training, the best one's checkpoint
+            videos/                     with --video-interval: clips during training
+            events.out.tfevents.*       with --tensorboard
             error.txt                   why the seed failed, when it did
             .lock                       held by the process training the seed
 
@@ -41,8 +44,11 @@ CHECKPOINT_FILE = "checkpoint.pt"
 EVAL_FILE = "eval.json"
 EVAL_VIDEO = "eval.mp4"
 ERROR_FILE = "error.txt"
+EVALUATIONS_FILE = "evaluations.csv"  # --eval-interval: one row per evaluation during training
+BEST_FILE = "best.pt"  # the checkpoint of the best evaluation so far
+VIDEOS_DIR = "videos"  # --video-interval: videos/step_<global_step>.mp4
 __all__ = ["LOCK_FILE", "RUN_FILE", "CONFIG_FILE", "PROGRESS_FILE", "EPISODES_FILE", "CHECKPOINT_FILE", "EVAL_FILE",
-           "EVAL_VIDEO", "ERROR_FILE", "LayoutError", "RunRecord", "SeedPlan", "env_folder", "seed_folder",
+           "EVAL_VIDEO", "ERROR_FILE", "EVALUATIONS_FILE", "BEST_FILE", "VIDEOS_DIR", "LayoutError", "RunRecord", "SeedPlan", "env_folder", "seed_folder",
            "is_seed_dir", "seed_dirs", "checkpoint_files", "run_folder_of", "read_run", "write_run", "plan_resume"]
 
 RUN_FORMAT = "ppo_cli.run"
@@ -138,15 +144,20 @@ def seed_dirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.glob("seed_*") if p.is_dir() and is_seed_dir(p)), key=_natural)
 
 
-def checkpoint_files(path: Path) -> list[Path]:
-    """What ``ppo eval PATH`` evaluates: PATH if it is a file; else the ``checkpoint.pt`` of each of its
-    seed folders (:func:`seed_dirs`), in seed order. :class:`LayoutError` if there is none."""
+def checkpoint_files(path: Path, best: bool = False) -> list[Path]:
+    """What ``ppo eval PATH`` evaluates: PATH if it is a file; else the ``checkpoint.pt`` (with ``best``,
+    ``best.pt``) of each of its seed folders (:func:`seed_dirs`), in seed order. :class:`LayoutError` if
+    there is none."""
     path = Path(path)
+    name = BEST_FILE if best else CHECKPOINT_FILE
     if path.is_file():
+        if best:
+            raise LayoutError(f"--best takes a seed or run folder (its {BEST_FILE}), not the file {path}")
         return [path]
-    found = [d / CHECKPOINT_FILE for d in seed_dirs(path) if (d / CHECKPOINT_FILE).is_file()]
+    found = [d / name for d in seed_dirs(path) if (d / name).is_file()]
     if not found:
-        raise LayoutError(f"{path} holds no {CHECKPOINT_FILE} (nor seed_*/{CHECKPOINT_FILE})")
+        hint = " (train with --eval-interval to keep one)" if best else ""
+        raise LayoutError(f"{path} holds no {name} (nor seed_*/{name}){hint}")
     return found
 
 

@@ -90,6 +90,7 @@ def plan_new_run(env: str, num_seeds: int, out_dir: Path, run_name: str | None, 
     """
     from ppo_cli.checkpoint import required_bytes
     from ppo_cli.envs import EnvError, check_backend, probe_spaces, resolve_env_id
+    from ppo_cli.monitor import check_recorders
 
     try:
         env_id = resolve_env_id(env)
@@ -103,6 +104,7 @@ def plan_new_run(env: str, num_seeds: int, out_dir: Path, run_name: str | None, 
     if preset_name is not None:
         values = {**values, **{k: v for k, v in preset(preset_name, env_id).items() if k not in given}}
     config = build({"env_id": env_id, **values})
+    check_recorders(config)
     if config.update == "fused" and spaces.discrete:
         raise PlanError(f"--update fused computes Gaussian policies, and {env_id} has discrete actions; use "
                         f"--update autograd (or auto)", "--update")
@@ -120,6 +122,7 @@ def plan_resume_run(folder: Path, total_steps: int | None, trust_env: bool) -> R
     left, ``total_steps`` (if given) extending every seed."""
     from ppo_cli.checkpoint import read_checkpoint, required_bytes
     from ppo_cli.envs import EnvError, probe_spaces, require_trusted
+    from ppo_cli.monitor import check_recorders
 
     check_not_in_use(folder)
     try:
@@ -143,6 +146,7 @@ def plan_resume_run(folder: Path, total_steps: int | None, trust_env: bool) -> R
             raise PlanError(f"cannot resume {seed.seed_dir}: {seed.config.env_id} has {spaces.obs_dim} observations "
                             f"and {spaces.act_dim} actions here, the checkpoint {saved['obs_dim']} and "
                             f"{saved['act_dim']}", "--resume")
+        check_recorders(seed.config)
         needed += required_bytes(seed.config, spaces.obs_dim, spaces.act_dim)
         plan.jobs.append(SeedJob(seed.config, seed.seed_dir, resume=seed.action == "resume"))
     check_free_space(folder, needed, len(plan.jobs))

@@ -101,6 +101,7 @@ def plan_sweep(envs: Sequence[str], axes: Sequence[Axis], seeds: Sequence[int], 
     typed on the command line (they win over the preset); grid values win over both.
     """
     from ppo_cli.envs import EnvError, probe_spaces, resolve_env_id
+    from ppo_cli.monitor import check_recorders
 
     if not axes:
         raise UserError("a sweep needs a grid: --grid NAME=V1,V2,... (or --spec FILE with a [grid] table)", "--grid")
@@ -124,6 +125,7 @@ def plan_sweep(envs: Sequence[str], axes: Sequence[Axis], seeds: Sequence[int], 
                 config = build({**values, **chosen, **grid_values, "env_id": env_id})
             except UserError as exc:
                 raise UserError(f"grid point {name} on {env_id}: {exc}", exc.param, exc.usage) from None
+            check_recorders(config)
             if config.update == "fused" and spaces.discrete:
                 raise UserError(f"grid point {name}: --update fused computes Gaussian policies, and {env_id} "
                                 f"has discrete actions", "--update")

@@ -54,6 +54,7 @@ from ppo_cli.diagnostics import EPISODE_COLUMNS, PROGRESS_COLUMNS, CsvLog
 from ppo_cli.envs import EnvBatch, EnvPoolBatch, EnvSpaces, make_env_batch
 from ppo_cli.files import FolderLock, atomic_write_text, remove_stale_temporaries
 from ppo_cli.layout import CHECKPOINT_FILE, CONFIG_FILE, EPISODES_FILE, ERROR_FILE, PROGRESS_FILE
+from ppo_cli.monitor import Monitor
 from ppo_cli.optim import make_optimizer, set_learning_rate
 from ppo_cli.rollout import RolloutStorage, explained_variance
 from ppo_cli.signals import StepTimeout, StepWatchdog, StopRequest
@@ -83,6 +84,8 @@ class TrainResult:
     message: str = ""
     checkpoint: str | None = None
     signal: int | None = None  # the signal that stopped it, when one did
+    best_eval: float | None = None  # with --eval-interval: the best and the last evaluation's mean return
+    last_eval: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -134,6 +137,7 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     last_good: dict[str, Any] = field(default_factory=dict)  # snapshot after the last finished iteration
     saved_iteration: int = -1  # the iteration of the checkpoint on disk
+    monitor: Monitor | None = None  # evaluations, videos, TensorBoard (ppo_cli.monitor)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -210,6 +214,7 @@ def _train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]
                 stop.check()
                 stats, update_time = _update(run, iteration)
                 row = _log(run, iteration, stats, lr, iteration_start)
+                run.monitor.after_iteration(run, row, iteration, stop.check)  # before the checkpoint: see monitor
                 run.last_good = run.snapshot()
                 if iteration % config.checkpoint_interval == 0 or iteration == config.num_iterations:
                     run.save_last_good()
@@ -238,6 +243,8 @@ def _train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]
     result.iterations = run.last_good["iteration"]
     result.final_return = _mean(run.last_good["recent_returns"])
     result.wall_time_s = time.perf_counter() - run.started
+    if math.isfinite(run.monitor.best):
+        result.best_eval, result.last_eval = run.monitor.best, run.monitor.latest
     return result
 
 
@@ -277,7 +284,7 @@ def _finish(run: _Run, result: TrainResult) -> None:
         on_disk = (f"the one on disk is from iteration {run.saved_iteration}, where --resume continues"
                    if run.saved_iteration >= 0 else "there is none yet: --resume starts the seed again")
         result.message += f"; could not save the checkpoint either ({exc.strerror or exc}): {on_disk}"
-    for closing in (run.progress_log.close, run.episode_log.close, run.envs.close):
+    for closing in (run.progress_log.close, run.episode_log.close, run.envs.close, run.monitor.close):
         try:
             closing()
         except Exception as exc:  # closing must not hide how the run ended
@@ -346,6 +353,7 @@ def _start(config: Config, run_dir: Path, resume: bool) -> _Run:
     run = _Run(config, run_dir, envs, spaces, agent, optimizer, make_loss_fn(agent, config, optimizer),
                RolloutPolicy(agent), obs_filter, reward_filter, storage, seeds.rng, progress_log, episode_log,
                package_versions(), obs, started=started)
+    run.monitor = Monitor(config, run_dir, keep)
     if state is not None:
         run.global_step, run.iteration = int(state["global_step"]), int(state["iteration"])
         run.recent_returns, run.elapsed_before = list(state["recent_returns"]), float(state["elapsed_s"])

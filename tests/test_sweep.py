@@ -85,8 +85,8 @@ def test_a_spec_file_and_a_second_sweep_name(tmp_path):
     spec.write_text(f'envs = ["{POINT}"]\nseeds = 1\n[grid]\nlr = [1e-3, 3e-3]\n'
                     '[options]\ntotal_steps = 512\nnum_envs = 1\nnum_steps = 256\nnum_minibatches = 4\n'
                     'update_epochs = 1\nhidden_sizes = [8]\n')
-    for name in ("sweep", "sweep-2"):
-        result = invoke("sweep", "--spec", spec, "--out", tmp_path, "--quiet")
+    for name, display in (("sweep", "--quiet"), ("sweep-2", "--jobs=2")):  # the live display, the second time
+        result = invoke("sweep", "--spec", spec, "--out", tmp_path, display)
         assert result.exit_code == 0, result.output
         assert (tmp_path / "sweeps" / name / "tests.fake_envs_PointEnv" / "lr=0.003" / "seed_0").is_dir()
     assert json.loads((tmp_path / "sweeps" / "sweep" / "tests.fake_envs_PointEnv" / "lr=0.001" / "seed_0" /
@@ -110,6 +110,29 @@ def test_an_interrupted_sweep_resumes_to_the_same_rows(tmp_path, monkeypatch):
     again = invoke("sweep", "--resume", sweep, "--trust-env", "--quiet")
     assert again.exit_code == 0 and "0 job(s) to train" in text(again) and "4 finished" in text(again)
     assert invoke("sweep", "--resume", sweep, "--lr", "0.1").exit_code == 2
+
+
+def test_sigterm_stops_a_sweep_that_then_resumes(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "ppo_cli", "sweep", POINT, "--grid", "lr=1e-3,3e-3", "--seeds", "1",
+               "--total-steps", "2000000", *TINY[2:], "--checkpoint-interval", "100000", "--out", str(tmp_path),
+               "--quiet"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    sweep = tmp_path / "sweeps" / "sweep"
+    rows = [sweep / "tests.fake_envs_PointEnv" / p / "seed_0" / "progress.csv" for p in ("lr=1e-3", "lr=3e-3")]
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(r.is_file() and len(r.read_text().splitlines()) > 3 for r in rows):
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in output, output
+    for row in rows:  # each job saved its last finished iteration
+        from ppo_cli.checkpoint import load_checkpoint
+
+        assert load_checkpoint(row.parent / "checkpoint.pt")["global_step"] == pd.read_csv(row)["global_step"].iloc[-1]
+    record = json.loads((sweep / "sweep.json").read_text())
+    assert record["grid"] == [["lr", ["1e-3", "3e-3"]]]
 
 
 def test_a_failing_job_is_reported_and_the_others_go_on(tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 
 Layout read (see ``ppo_cli/diagnostics.py``): ``<root>/<env id>/<run name>/seed_<k>/`` holding
 ``progress.csv`` (one row per iteration), ``episodes.csv`` (one row per finished episode),
-``config.json`` and, after ``ppo eval``, ``eval.json``. A seed folder is identified by
+``config.json``, with ``--eval-interval`` ``evaluations.csv`` (read as the metric ``evaluation``) and,
+after ``ppo eval``, ``eval.json``. A seed folder is identified by
 
 * env: ``env_id`` of its ``config.json``, else the name of the folder two levels up;
 * run: the name of the folder one level up (the run folder);
@@ -29,7 +30,7 @@ import pandas as pd
 
 from ppo_cli.diagnostics import PROGRESS_COLUMNS
 from ppo_cli.errors import UserError
-from ppo_cli.layout import CONFIG_FILE, EPISODES_FILE, EVAL_FILE, PROGRESS_FILE
+from ppo_cli.layout import CONFIG_FILE, EPISODES_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRESS_FILE
 from ppo_cli.plots import X_AXES
 
 
@@ -38,6 +39,9 @@ X_COLUMNS = {"steps": "step", "time": "time_s"}
 
 MAX_GRID_POINTS = 500
 """Largest common grid; beyond it the grid is this many evenly spaced points."""
+
+EVALUATION_METRIC = "evaluation"
+"""The mean return of each evaluation during training (``evaluations.csv``), as a metric of the long table."""
 
 NOT_METRICS = ("global_step", "iteration")
 """Numeric ``progress.csv`` columns that are not plotted as metrics."""
@@ -134,6 +138,12 @@ def load(folders: Sequence[Path], with_eval: bool = False) -> Dataset:
             frames.append(pd.DataFrame({"env": sd.env, "run": sd.run, "seed": sd.seed,
                                         "step": episodes["global_step"], "time_s": math.nan,
                                         "metric": "episodic_return", "value": episodes["return"]}))
+        evaluations = _read_csv(sd.path / EVALUATIONS_FILE, ("global_step", "mean"), warnings)
+        if evaluations is not None:  # --eval-interval: the evaluation curve, as the metric "evaluation"
+            frames.append(pd.DataFrame({"env": sd.env, "run": sd.run, "seed": sd.seed,
+                                        "step": evaluations["global_step"],
+                                        "time_s": evaluations.get("time_s", math.nan),
+                                        "metric": EVALUATION_METRIC, "value": evaluations["mean"]}))
         if with_eval and (sd.path / EVAL_FILE).is_file():
             row = _read_eval(sd.path / EVAL_FILE, warnings)
             if row is not None:

@@ -26,6 +26,7 @@ from ppo_cli.files import atomic_write
 
 METRIC_LABELS = {
     "episodic_return": ("episodic return", "return (raw)"),
+    "evaluation": ("evaluation during training", "mean return (deterministic)"),
     "episodic_length": ("episode length", "steps"),
     "episodes": ("episodes per iteration", "episodes"),
     "policy_loss": ("policy loss", "clipped surrogate"),

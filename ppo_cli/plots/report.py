@@ -10,7 +10,7 @@ import pandas as pd
 
 from ppo_cli.files import atomic_write_text
 from ppo_cli.plots import DEFAULT_METRICS, SUMMARY_FILE
-from ppo_cli.plots.data import PlotError, align, load, valid_metrics
+from ppo_cli.plots.data import EVALUATION_METRIC, PlotError, align, load, valid_metrics
 from ppo_cli.plots.figure import Highlight, draw_figure, save_figure
 from ppo_cli.plots.stats import aggregate_curves, summarize
 
@@ -45,6 +45,8 @@ def plot_runs(folders: Sequence[Path], figure_path: Path, metrics: Sequence[str]
     warnings = list(dataset.warnings)
     if metrics is None:
         chosen = [m for m in DEFAULT_METRICS if m in dataset.metrics]
+        if with_eval and EVALUATION_METRIC in dataset.metrics:  # the evaluation curve, below the training return
+            chosen.insert(1 if chosen[:1] == ["episodic_return"] else 0, EVALUATION_METRIC)
     else:
         valid = valid_metrics(dataset)
         unknown = [m for m in metrics if m not in valid]

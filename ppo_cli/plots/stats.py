@@ -161,8 +161,31 @@ def summarize(table: pd.DataFrame, evals: pd.DataFrame | None = None, reps: int 
             row["eval_seeds"] = len(mine)
             described = _describe(mine, "eval", reps, confidence, group_rng(seed, env, run, "eval"))
             row.update({k: described[k] for k in EVAL_COLUMNS[1:]})
+            row.update(_curve_summary(table, env, run, reps, confidence, seed))
         rows.append(row)
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS + (EVAL_COLUMNS if evals is not None else []))
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS + (EVAL_COLUMNS + CURVE_COLUMNS if evals is not None else []))
+
+
+CURVE_COLUMNS = ["evaluations_seeds"] + [f"evaluation_{which}_{k}" for which in ("last", "best")
+                                        for k in ("mean", "std", "iqm", "iqm_ci_low", "iqm_ci_high")]
+"""With evaluations during training (``evaluations.csv``): each seed's last and best evaluation mean,
+summarised across seeds like the final return. The best is optimistic (the maximum over a noisy
+curve, as Tianshou's "best" metric); the last is what the run ended with."""
+
+
+def _curve_summary(table: pd.DataFrame, env: str, run: str, reps: int, confidence: float,
+                   seed: int) -> dict[str, float]:
+    curve = table[(table["env"] == env) & (table["run"] == run) & (table["metric"] == "evaluation")]
+    last, best = [], []
+    for _, rows in curve.groupby("seed", sort=True):
+        rows = rows.sort_values("step")
+        last.append(float(rows["value"].iloc[-1]))
+        best.append(float(rows["value"].max()))
+    out: dict[str, float] = {"evaluations_seeds": len(last)}
+    for which, values in (("last", last), ("best", best)):
+        out.update(_describe(np.asarray(values, dtype=float), f"evaluation_{which}", reps, confidence,
+                             group_rng(seed, env, run, f"evaluation_{which}")))
+    return out
 
 
 def _describe(values: np.ndarray, prefix: str, reps: int, confidence: float,
