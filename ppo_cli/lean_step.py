@@ -16,8 +16,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import mujoco
 import numpy as np
+
+from ppo_cli.signals import signals_deferred
+
+with signals_deferred():  # importing mujoco runs glfw's version check as a Python subprocess in the
+    import mujoco  # terminal's process group: a Ctrl-C must not print that child's traceback
 
 Step = Callable[[np.ndarray], tuple[np.ndarray, float, bool]]  # action -> (obs, reward, terminated)
 

@@ -42,7 +42,8 @@ def probe_backend(backend: str) -> bool:
     """Whether an off-screen MuJoCo context of ``backend`` can be created (in a subprocess)."""
     env = {**os.environ, **_backend_env(backend)}
     try:
-        done = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, timeout=60)
+        done = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, timeout=60,
+                              start_new_session=True)  # a Ctrl-C stops ppo, not the probe
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0

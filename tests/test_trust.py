@@ -353,6 +353,26 @@ def test_7_ctrl_c_in_the_first_seconds_is_clean_and_resumable(tmp_path):
             assert all(last_step(run / f"seed_{k}") == (1024, 1024) for k in (0, 1))
 
 
+def test_7_subprocesses_started_by_imports_start_with_ctrl_c_blocked():
+    """Importing mujoco runs glfw's version check as a Python child in the terminal's process group;
+    a Ctrl-C that reached it printed its KeyboardInterrupt traceback (found by CI)."""
+    code = """
+import signal, sys
+seen = []
+def hook(event, args):
+    if event == "subprocess.Popen":
+        seen.append(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+sys.addaudithook(hook)
+import ppo_cli.envs, ppo_cli.trainer, ppo_cli.evaluate
+print(seen)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=env_without_display())
+    assert done.returncode == 0, done.stderr
+    seen = eval(done.stdout.strip().splitlines()[-1])
+    assert seen and all(seen), seen  # glfw's check ran, with SIGINT blocked
+
+
 # ----------------------------------------------------------------------------- 8. damaged CSV lines
 
 
