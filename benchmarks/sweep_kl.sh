@@ -15,6 +15,7 @@ STEPS=${STEPS:-300000}
 OUT=benchmarks/results/sweep_kl
 SWEEP=$RUNS/sweeps/kl
 mkdir -p "$OUT"
+export COLUMNS=${COLUMNS:-120}
 if [ -f "$SWEEP/sweep.json" ]; then
   $PPO sweep --resume "$SWEEP" --quiet
 else
