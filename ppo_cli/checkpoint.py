@@ -222,6 +222,9 @@ def _check_training_state(state: dict[str, Any], config: Config, num_params: int
         if (not isinstance(starts, list) or not isinstance(actions, list)
                 or len(starts) != config.num_envs or len(actions) != config.num_envs):
             raise _fail(path, f"envs must hold the replay data of {config.num_envs} environments")
+        for k, start in enumerate(starts):
+            if not isinstance(start, dict) or not _is_rng_state(start.get("rng")):
+                raise _fail(path, f"envs.episode_start[{k}] is not a seed or a generator state")
         action_shape = () if state["spaces"]["discrete"] else (state["spaces"]["act_dim"],)
         for k, taken in enumerate(actions):
             if not isinstance(taken, torch.Tensor) or tuple(taken.shape[1:]) != action_shape or taken.ndim < 1:
@@ -233,6 +236,26 @@ def _check_training_state(state: dict[str, Any], config: Config, num_params: int
         raise _fail(path, "recent_returns must be a list of finite numbers")
     if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not elapsed >= 0:
         raise _fail(path, f"elapsed_s must be a number >= 0, got {elapsed!r}"[:200])
+
+
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")  # numpy's own
+
+
+def _is_rng_state(state: Any) -> bool:
+    """None (the episode began from a seed), a numpy bit generator's state, or a legacy RandomState's
+    (see ``envs.rng_state``): tried on a fresh generator of the kind it names, nothing else called."""
+    if state is None:
+        return True
+    try:
+        if isinstance(state, dict) and "random_state" in state:
+            np.random.RandomState().set_state(to_numpy(state["random_state"]))
+        elif isinstance(state, dict) and state.get("bit_generator") in _BIT_GENERATORS:
+            getattr(np.random, state["bit_generator"])().state = state
+        else:
+            return False
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def read_checkpoint(path: Path, resume: bool = False) -> dict[str, Any]:

@@ -216,6 +216,32 @@ def _peel(env: gym.Env) -> tuple[gym.Env, int | None]:
     return env, max_steps
 
 
+def rng_state(env: gym.Env) -> Any:
+    """The state of the generator an environment draws its next episode's start from.
+
+    Gymnasium's ``np_random`` is a ``numpy.random.Generator``; dm_control and older code use a legacy
+    ``numpy.random.RandomState``, which has no ``bit_generator``: its state is kept as
+    ``{"random_state": RandomState.get_state(legacy=False)}``.
+    """
+    rng = env.unwrapped.np_random
+    if isinstance(rng, np.random.RandomState):
+        return {"random_state": rng.get_state(legacy=False)}
+    return rng.bit_generator.state
+
+
+def set_rng_state(env: gym.Env, state: Any) -> None:
+    """Restore :func:`rng_state` in place, so whatever holds the environment's generator sees it."""
+    rng = env.unwrapped.np_random
+    legacy = isinstance(state, dict) and "random_state" in state
+    if legacy != isinstance(rng, np.random.RandomState):
+        kind = "a RandomState" if legacy else "a Generator"
+        raise EnvError(f"the saved random state is {kind}'s, but the environment draws from {type(rng).__name__}")
+    if legacy:
+        rng.set_state(state["random_state"])
+    else:
+        rng.bit_generator.state = state
+
+
 class EnvBatch:
     """``num_envs`` environments stepped in one loop, with time limits and same-step autoreset.
 
@@ -294,7 +320,7 @@ class EnvBatch:
                 self.finished.append((float(self.episode_return[i]), int(length)))
                 self.episode_return[i] = 0.0
                 self.episode_length[i] = 0
-                self.episode_start[i] = {"seed": None, "rng": env.unwrapped.np_random.bit_generator.state}
+                self.episode_start[i] = {"seed": None, "rng": rng_state(env)}
                 self.episode_actions[i] = []
                 obs = env.reset()[0]
             self.obs[i] = obs
@@ -314,7 +340,8 @@ class EnvBatch:
             if start["seed"] is not None:
                 obs = env.reset(seed=int(start["seed"]))[0]
             else:
-                env.unwrapped.np_random.bit_generator.state = start["rng"]
+                env.reset(seed=self.seeds[i])  # the environment makes its generator (of its own kind)
+                set_rng_state(env, start["rng"])
                 obs = env.reset()[0]
             actions = [np.asarray(a) for a in state["actions"][i]]
             total = 0.0

@@ -41,6 +41,17 @@ class PointEnv(gym.Env):
         return self._obs(), reward, abs(self.x) > 5, self.t >= 50, {}
 
 
+class LegacyRandomEnv(PointEnv):
+    """PointEnv drawing each episode's start from a legacy ``numpy.random.RandomState``, as dm_control does."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None or not isinstance(self._np_random, np.random.RandomState):
+            self._np_random = np.random.RandomState(seed)
+        self.x = float(self.np_random.uniform(-2, 2))
+        self.t = 0
+        return self._obs(), {}
+
+
 def point_factory() -> gym.Env:
     return PointEnv()
 

@@ -16,7 +16,7 @@ from ppo_cli.checkpoint import load_checkpoint
 from ppo_cli.cli import cli
 from ppo_cli.diagnostics import TIMING_COLUMNS
 from ppo_cli.trainer import _Seeds
-from tests.conftest import write_malicious_checkpoint
+from tests.conftest import interrupt_at_update, write_malicious_checkpoint
 
 ROOT = Path(__file__).parent.parent
 POINT = "tests.fake_envs:PointEnv"
@@ -44,6 +44,27 @@ def test_cli_resume_of_a_run_folder_equals_an_uninterrupted_run(tmp_path):
     assert progress["global_step"].is_monotonic_increasing and progress["global_step"].iloc[-1] == 2048
     finished = invoke("train", "--resume", run / "part" / "seed_0", "--trust-env")
     assert finished.exit_code == 0 and "already finished at step 2,048" in " ".join(finished.output.split())
+
+
+def test_resume_of_an_environment_with_a_legacy_random_state_is_exact(tmp_path, monkeypatch):
+    """dm_control's np_random is a RandomState (no bit_generator): episode ends crashed, and resume
+    must restore it, since each episode's start is drawn from it."""
+    legacy = "tests.fake_envs:LegacyRandomEnv"
+    options = ["--num-envs", "2", "--num-steps", "128", "--num-minibatches", "4", "--update-epochs", "2",
+               "--hidden-sizes", "16,16", "--total-steps", "2048", "--checkpoint-interval", "1", "--quiet"]
+    assert invoke("train", legacy, "--out", tmp_path, "--run-name", "full", *options).exit_code == 0
+    with monkeypatch.context() as m:
+        interrupt_at_update(m, 5)  # Ctrl-C in iteration 5, mid-episode (episodes are 50 steps, rollouts 128)
+        assert invoke("train", legacy, "--out", tmp_path, "--run-name", "cut", *options).exit_code == 130
+    run = tmp_path / "tests.fake_envs_LegacyRandomEnv"
+    starts = load_checkpoint(run / "cut" / "seed_0" / "checkpoint.pt")["envs"]["episode_start"]
+    assert all(start["seed"] is None and "random_state" in start["rng"] for start in starts)
+    resumed = invoke("train", "--resume", run / "cut", "--trust-env", "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    for name in ("progress.csv", "episodes.csv"):
+        full, cut = (pd.read_csv(run / r / "seed_0" / name) for r in ("full", "cut"))
+        columns = [c for c in full.columns if c not in TIMING_COLUMNS]
+        pd.testing.assert_frame_equal(full[columns], cut[columns])
 
 
 def test_resume_refuses_other_options_and_folders_that_are_not_runs(tmp_path):

@@ -474,6 +474,15 @@ def test_9_resume_checks_the_training_state_too(checkpoint):
     assert result.exit_code == 2 and "optimizer exp_avg does not fit the model or is not finite" in text(result)
 
 
+@pytest.mark.parametrize("rng", [{"bit_generator": "seed"}, {"random_state": {"state": 1}}, "PCG64", 7])
+def test_9_resume_checks_each_environments_saved_random_state(checkpoint, rng):
+    def bad_start(state):
+        state["envs"]["episode_start"][0] = {"seed": None, "rng": rng}
+    craft(checkpoint, bad_start)
+    result = invoke("train", "--resume", checkpoint.parent)
+    assert result.exit_code == 2 and "envs.episode_start[0] is not a seed or a generator state" in text(result)
+
+
 # ----------------------------------------------------------------------------- 10. atomic, well-placed outputs
 
 
