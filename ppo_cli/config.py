@@ -49,6 +49,8 @@ class Config:
     # collecting: num_envs x num_steps transitions per iteration
     num_envs: int = _opt(64, "Environments stepped side by side in one process.")
     num_steps: int = _opt(32, "Steps per environment in each rollout.")
+    action_repeat: int = _opt(1, "Hold each action for this many environment steps, summing their rewards and "
+                                 "stopping at an episode end (a frame skip); steps count the agent's actions.")
     # returns and advantages
     gamma: float = _opt(0.99, "Discount factor, in (0, 1].")
     gae_lambda: float = _opt(0.95, "GAE lambda, in (0, 1].")
@@ -130,7 +132,7 @@ class Config:
         if not self.env_id:
             raise ConfigError("env_id", "env_id is empty; give a Gymnasium id or 'module:attr'")
         for name in ("total_steps", "num_envs", "num_steps", "update_epochs", "num_minibatches",
-                     "checkpoint_interval", "eval_episodes"):
+                     "checkpoint_interval", "eval_episodes", "action_repeat"):
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(name, f"{name} must be a positive integer, got {value}")
@@ -173,6 +175,9 @@ class Config:
             )
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"backend must be {' or '.join(BACKENDS)}, got {self.backend!r}")
+        if self.action_repeat > 1 and self.backend == "envpool":
+            raise ConfigError(("action_repeat", "backend"), f"action_repeat {self.action_repeat} needs the gymnasium "
+                                                            f"backend (envpool steps its own environments)")
         if self.update not in UPDATES:
             raise ConfigError("update", f"update must be {', '.join(UPDATES)}, got {self.update!r}")
         if self.compile and self.update == "fused":

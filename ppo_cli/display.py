@@ -176,16 +176,18 @@ def print_diagnosis(console: Console, report: Any) -> None:
 
 def print_run_summary(console: Console, results: list[Any]) -> None:
     evaluated = any(getattr(r, "best_eval", None) is not None for r in results)
+    repeated = any(r.action_repeat > 1 for r in results)
     table = Table(title="Runs")
     columns = ["seed", "status", "final return", *(["best eval", "last eval"] if evaluated else []), "steps",
-               "wall time", "files"]
+               *(["frames"] if repeated else []), "wall time", "files"]
     for column in columns:
         table.add_column(column, justify="left" if column in {"seed", "status", "files"} else "right", overflow="fold")
     for r in results:
         style = {"finished": "green", "interrupted": "yellow", "failed": "red"}[r.status]
         evals = [_fmt(r.best_eval), _fmt(r.last_eval)] if evaluated else []
+        frames = [f"{r.global_step * r.action_repeat:,}"] if repeated else []
         table.add_row(str(r.seed), f"[{style}]{r.status}[/{style}]", _fmt(r.final_return), *evals,
-                      f"{r.global_step:,}", f"{r.wall_time_s:.1f} s", r.run_dir)
+                      f"{r.global_step:,}", *frames, f"{r.wall_time_s:.1f} s", r.run_dir)
     console.print(table)
     for r in results:
         if r.message:

@@ -146,8 +146,32 @@ def _load_entry_point(spec: str) -> Any:
     return target
 
 
-def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    """Build one environment from a resolved id (see :func:`resolve_env_id`)."""
+class ActionRepeat(gym.Wrapper):
+    """Hold each action for ``repeat`` steps of the environment, summing their rewards; an episode
+    that ends inside the repeat ends the step (its time limit, inside this wrapper, counts frames)."""
+
+    def __init__(self, env: gym.Env, repeat: int) -> None:
+        super().__init__(env)
+        self.repeat = repeat
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        total = 0.0
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
+def make_env(env_id: str, render_mode: str | None = None, action_repeat: int = 1) -> gym.Env:
+    """Build one environment from a resolved id (see :func:`resolve_env_id`), in :class:`ActionRepeat`
+    when ``action_repeat`` > 1."""
+    env = _build(env_id, render_mode)
+    return ActionRepeat(env, action_repeat) if action_repeat > 1 else env
+
+
+def _build(env_id: str, render_mode: str | None) -> gym.Env:
     if ":" in env_id:
         factory = _load_entry_point(env_id)
         try:
@@ -249,10 +273,10 @@ class EnvBatch:
     Raw (unfiltered) episode returns and lengths of finished episodes collect in ``finished``.
     """
 
-    def __init__(self, env_id: str, num_envs: int, seeds: list[int]) -> None:
+    def __init__(self, env_id: str, num_envs: int, seeds: list[int], action_repeat: int = 1) -> None:
         if len(seeds) != num_envs:
             raise ValueError(f"need {num_envs} seeds, got {len(seeds)}")
-        made = [make_env(env_id) for _ in range(num_envs)]
+        made = [make_env(env_id, action_repeat=action_repeat) for _ in range(num_envs)]
         self.spaces = check_spaces(made[0], env_id)
         peeled = [_peel(env) for env in made]
         self.envs = [env for env, _ in peeled]
@@ -376,12 +400,13 @@ def check_backend(env_id: str, backend: str) -> None:
         raise EnvError(f"envpool has no task {env_id!r}{hint} (use --backend gymnasium for any environment)")
 
 
-def make_env_batch(env_id: str, num_envs: int, seeds: list[int], backend: str = "gymnasium") -> EnvBatch | EnvPoolBatch:
+def make_env_batch(env_id: str, num_envs: int, seeds: list[int], backend: str = "gymnasium",
+                   action_repeat: int = 1) -> EnvBatch | EnvPoolBatch:
     """The environment batch of a training run: Gymnasium environments in one loop, or envpool."""
     if backend == "envpool":
         check_backend(env_id, backend)
         return EnvPoolBatch(env_id, num_envs, seeds[0] % 2**31)  # envpool takes an int32 seed
-    return EnvBatch(env_id, num_envs, seeds)
+    return EnvBatch(env_id, num_envs, seeds, action_repeat)
 
 
 class EnvPoolBatch:

@@ -208,7 +208,7 @@ def evaluate(checkpoint: Path, loaded: LoadedAgent, episodes: int = 10, seed: in
     """Evaluate a loaded checkpoint on its environment (or ``env_id``, whose spaces must fit); with
     ``video`` the frames are written to ``video.path``."""
     env_id = env_id or loaded.config.env_id
-    env = make_env(env_id, render_mode=render_mode)
+    env = make_env(env_id, render_mode=render_mode, action_repeat=loaded.config.action_repeat)
     try:
         check_env_fits(loaded, env, env_id)
         if video is not None and video.fps is None:

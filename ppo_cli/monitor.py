@@ -88,7 +88,7 @@ class Monitor:
         from ppo_cli.evaluate import run_episodes
 
         if self.eval_env is None:
-            self.eval_env = make_env(self.config.env_id)
+            self.eval_env = make_env(self.config.env_id, action_repeat=self.config.action_repeat)
         returns, _ = run_episodes(self.eval_env, run.policy, frozen_filter(run.obs_filter), self.config.eval_episodes,
                                   eval_seed(self.config.seed), True, None, check_stop)
         values = np.asarray(returns, dtype=float)
@@ -111,7 +111,8 @@ class Monitor:
 
         if self.video_env is None:
             use_offscreen_backend()  # the probe of ppo eval --render (MUJOCO_GL chosen before the first context)
-            self.video_env = make_env(self.config.env_id, render_mode="rgb_array")
+            self.video_env = make_env(self.config.env_id, render_mode="rgb_array",
+                                      action_repeat=self.config.action_repeat)
             (self.run_dir / VIDEOS_DIR).mkdir(exist_ok=True)
         writer = VideoWriter(self.run_dir / VIDEOS_DIR / f"step_{run.global_step}.mp4",
                              float(self.video_env.metadata.get("render_fps") or 30), VIDEO_FRAMES)

@@ -86,6 +86,7 @@ class TrainResult:
     signal: int | None = None  # the signal that stopped it, when one did
     best_eval: float | None = None  # with --eval-interval: the best and the last evaluation's mean return
     last_eval: float | None = None
+    action_repeat: int = 1  # environment frames per step: global_step counts the agent's actions
 
     @property
     def ok(self) -> bool:
@@ -200,7 +201,8 @@ def _train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]
     may be larger (extending the run; the annealed learning rate then follows the new length).
     """
     run = _start(config, run_dir, resume)
-    result = TrainResult(config.seed, str(run.run_dir), "finished", checkpoint=str(run.checkpoint_path))
+    result = TrainResult(config.seed, str(run.run_dir), "finished", checkpoint=str(run.checkpoint_path),
+                         action_repeat=config.action_repeat)
     notes = _resume_notes(run, resume)
     run.last_good = run.snapshot()
     run.saved_iteration = run.iteration if resume else -1
@@ -324,7 +326,7 @@ def _start(config: Config, run_dir: Path, resume: bool) -> _Run:
         raise ValueError(f"{checkpoint_path} was trained with another config; only total_steps may change")
 
     seeds = _Seeds.from_seed(config.seed, config.num_envs)
-    envs = make_env_batch(config.env_id, config.num_envs, seeds.env_seeds, config.backend)
+    envs = make_env_batch(config.env_id, config.num_envs, seeds.env_seeds, config.backend, config.action_repeat)
     spaces = envs.spaces
     agent = ActorCritic(spaces.obs_dim, spaces.act_dim, config.hidden_sizes, spaces.discrete, seeds.torch_seed,
                         config.init_log_std)
