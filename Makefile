@@ -10,7 +10,7 @@ ARGS   ?=
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,fast,ray,tensorboard]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,fast,ray,tensorboard,dmc]"
 	touch $(STAMP)
 
 install: $(STAMP)

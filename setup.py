@@ -34,6 +34,8 @@ setup(
         "fast": ["envpool>=1.2"],  # --backend envpool (C++ vectorised MuJoCo)
         "ray": ["ray>=2.9"],  # ppo sweep --ray (an existing Ray cluster)
         "tensorboard": ["tensorboard>=2.14"],  # ppo train --tensorboard
+        # dmc:domain-task names; dm-control 1.0.50 fails on mujoco 4 (MjModel has no flex_vertedge)
+        "dmc": ["shimmy[dm-control]>=2.0", "mujoco>=3.2,<4"],
         "bench": ["stable-baselines3>=2.3"],
     },
     entry_points={"console_scripts": ["ppo=ppo_cli.__main__:run"]},

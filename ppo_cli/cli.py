@@ -139,6 +139,22 @@ def envs() -> None:
     console.print(table)
     console.print("Any registered Gymnasium id (e.g. Hopper-v4) or 'package.module:attr' naming an "
                   "environment class or factory works too.")
+    _print_dmc_tasks(console)
+
+
+def _print_dmc_tasks(console: Console) -> None:
+    from ppo_cli import dmc
+
+    missing = dmc.describe_missing()
+    if missing is not None:
+        console.print(f"DeepMind Control Suite: {missing}", highlight=False, soft_wrap=True, markup=False)
+        return
+    table = Table(title="DeepMind Control Suite (the dmc extra)")
+    table.add_column("name")
+    table.add_column("Gymnasium id (Shimmy)")
+    for name, env_id in dmc.task_table():
+        table.add_row(name, env_id)
+    console.print(table)
 
 
 @cli.command()

@@ -47,6 +47,7 @@ import numpy as np
 from gymnasium.envs.registration import find_highest_version, registry
 from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
+from ppo_cli import dmc
 from ppo_cli.lean_step import lean_step, matches_env_step
 
 # alias -> Gymnasium environment name (without version)
@@ -81,7 +82,7 @@ class UntrustedEnv(EnvError):
 
 def is_entry_point(env_id: str) -> bool:
     """Whether ``env_id`` names Python code to import (``module:attr``) rather than a registered id."""
-    return ":" in env_id
+    return ":" in env_id and not dmc.is_dmc(env_id)
 
 
 def require_trusted(env_id: str, source: str, trusted: bool = False, env_option: bool = False) -> None:
@@ -107,6 +108,11 @@ def alias_table() -> list[tuple[str, str]]:
 def resolve_env_id(name: str) -> str:
     """Turn a user's environment name into a Gymnasium id or a checked ``module:attr`` string."""
     name = name.strip()
+    if dmc.is_dmc(name):
+        try:
+            return dmc.resolve(name)
+        except dmc.DMCError as exc:
+            raise EnvError(str(exc)) from None
     if ":" in name:
         _load_entry_point(name)
         return name
@@ -153,6 +159,8 @@ class ActionRepeat(gym.Wrapper):
     def __init__(self, env: gym.Env, repeat: int) -> None:
         super().__init__(env)
         self.repeat = repeat
+        if env.metadata.get("render_fps"):  # a frame per step: the clip plays at the real speed
+            self.metadata = {**env.metadata, "render_fps": env.metadata["render_fps"] / repeat}
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         total = 0.0
@@ -172,6 +180,13 @@ def make_env(env_id: str, render_mode: str | None = None, action_repeat: int = 1
 
 
 def _build(env_id: str, render_mode: str | None) -> gym.Env:
+    if dmc.is_dmc(env_id):
+        try:
+            return dmc.make(env_id, render_mode)
+        except dmc.DMCError as exc:
+            raise EnvError(str(exc)) from None
+        except Exception as exc:
+            raise EnvError(f"cannot make {env_id!r}: {type(exc).__name__}: {exc}") from exc
     if ":" in env_id:
         factory = _load_entry_point(env_id)
         try:

@@ -62,6 +62,7 @@ def test_best_pt_is_the_argmax_of_evaluations_csv(evaluated):
 
 
 def test_tensorboard_holds_the_csv_values(evaluated):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra (make installs it)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(evaluated))

@@ -1,0 +1,144 @@
+"""DeepMind Control Suite tasks by name (the dmc extra, which make and CI install)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from ppo_cli import dmc
+from ppo_cli.checkpoint import load_checkpoint
+from ppo_cli.cli import cli
+from ppo_cli.diagnostics import TIMING_COLUMNS
+from ppo_cli.envs import make_env, resolve_env_id
+from tests.conftest import interrupt_at_update
+from tests.test_trust import env_without_display, ppo
+
+ROOT = Path(__file__).parent.parent
+SMALL = ["--num-envs", "1", "--num-steps", "128", "--num-minibatches", "4", "--update-epochs", "2",
+         "--hidden-sizes", "16,16", "--quiet"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def text(result) -> str:
+    return " ".join(result.output.split())
+
+
+def without_shimmy(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` where importing shimmy fails, as on a machine without the dmc extra."""
+    return subprocess.run([sys.executable, "-c", "import sys; sys.modules['shimmy'] = None\n" + code],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env_without_display())
+
+
+def test_without_the_extra_dmc_names_are_one_error_naming_it(tmp_path):
+    done = without_shimmy(tmp_path, "from ppo_cli.cli import cli; cli(['train', 'dmc:cheetah-run'])")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "DMC tasks need the dmc extra (pip install -c constraints.txt -e '.[dmc]')" in done.stderr
+    listed = without_shimmy(tmp_path, "from ppo_cli.cli import cli; cli(['envs'])")
+    assert listed.returncode == 0 and "need the dmc extra" in listed.stdout
+
+
+def test_a_dm_control_built_for_another_mujoco_is_one_error_naming_the_versions(tmp_path):
+    for name, body in (("shimmy", ""), ("dm_control", "raise AttributeError(\"'MjModel' object has no attribute "
+                                                      "'flex_vertedge'\")")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(body + "\n")
+    done = subprocess.run([sys.executable, "-m", "ppo_cli", "train", "dmc:cheetah-run"], capture_output=True,
+                          text=True, timeout=120, env=env_without_display(PYTHONPATH=f"{tmp_path}:{ROOT}"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "does not work with mujoco" in done.stderr and "the dmc extra needs mujoco < 4" in done.stderr
+
+
+needs_dmc = pytest.mark.skipif(importlib.util.find_spec("shimmy") is None, reason="the dmc extra is not installed")
+
+
+
+@needs_dmc
+def test_names_resolve_to_shimmys_registered_ids():
+    assert resolve_env_id("dmc:cheetah-run") == "dm_control/cheetah-run-v0"
+    assert resolve_env_id("DMC:ball_in_cup-catch") == "dm_control/ball_in_cup-catch-v0"
+    assert resolve_env_id("dm_control/walker-walk-v0") == "dm_control/walker-walk-v0"
+    assert ("dmc:finger-turn_hard", "dm_control/finger-turn_hard-v0") in dmc.task_table()
+
+
+@needs_dmc
+@pytest.mark.parametrize("name, message", [
+    ("dmc:cheetah-fly", "unknown DMC task 'dmc:cheetah-fly': cheetah has: run"),
+    ("dmc:walker-jump", "walker has: run, stand, walk"),
+    ("dmc:cheetahh-run", "unknown DMC domain 'cheetahh' in 'dmc:cheetahh-run'; domains: acrobot, ball_in_cup"),
+    ("dm_control/cheetah-fly-v0", "unknown DMC id 'dm_control/cheetah-fly-v0'"),
+])
+def test_unknown_tasks_are_one_error_listing_what_exists(tmp_path, name, message):
+    result = invoke("train", name, "--out", tmp_path)
+    assert result.exit_code == 2 and message in text(result), result.output
+    assert not list(tmp_path.iterdir())
+
+
+@needs_dmc
+def test_observations_are_flattened_in_the_documented_order():
+    env = make_env("dm_control/walker-walk-v0")
+    assert dmc.observation_keys(env) == ["height", "orientations", "velocity"]  # sorted by name
+    flat, _ = env.reset(seed=3)
+    raw = env.unwrapped._env.physics  # the same state, read through DMC's own observation function
+    task = env.unwrapped._env.task
+    observed = task.get_observation(raw)
+    assert list(observed) == ["orientations", "height", "velocity"]  # DMC's own order differs
+    expected = np.concatenate([np.ravel(observed[k]) for k in ("height", "orientations", "velocity")])
+    np.testing.assert_array_equal(flat, expected)
+    assert env.metadata["render_fps"] == pytest.approx(1 / env.unwrapped.dt)
+
+
+@needs_dmc
+def test_episodes_end_at_dmcs_time_limit_as_a_truncation():
+    env = make_env("dm_control/cartpole-swingup-v0", action_repeat=8)
+    env.reset(seed=0)
+    for step in range(1, 126):
+        _, _, terminated, truncated, _ = env.step(np.zeros(1))
+        assert not terminated and truncated == (step == 125)  # 1000 frames in steps of 8
+
+
+@needs_dmc
+def test_a_dmc_run_trains_resumes_exactly_and_evaluates_with_the_registered_id(tmp_path, monkeypatch):
+    """cartpole-swingup with --action-repeat 4: episodes of 250 steps end inside the run, so the
+    checkpoint of step 512 is mid-episode in an episode begun from dm_control's RandomState."""
+    options = ["--total-steps", "1024", "--action-repeat", "4", "--checkpoint-interval", "1", *SMALL]
+    full = invoke("train", "dmc:cartpole-swingup", "--out", tmp_path, "--run-name", "full", *options)
+    assert full.exit_code == 0, full.output
+    with monkeypatch.context() as m:
+        interrupt_at_update(m, 5)
+        cut = invoke("train", "dmc:cartpole-swingup", "--out", tmp_path, "--run-name", "cut", *options)
+        assert cut.exit_code == 130, cut.output
+    run = tmp_path / "dm_control_cartpole-swingup-v0"
+    state = load_checkpoint(run / "cut" / "seed_0" / "checkpoint.pt")
+    assert state["global_step"] == 512 and "random_state" in state["envs"]["episode_start"][0]["rng"]
+    assert json.loads((run / "cut" / "seed_0" / "config.json").read_text())["env_id"] == "dm_control/cartpole-swingup-v0"
+    assert invoke("train", "--resume", run / "cut", "--quiet").exit_code == 0  # a registered id: no --trust-env
+    for name in ("progress.csv", "episodes.csv"):
+        a, b = (pd.read_csv(run / r / "seed_0" / name) for r in ("full", "cut"))
+        columns = [c for c in a.columns if c not in TIMING_COLUMNS]
+        pd.testing.assert_frame_equal(a[columns], b[columns])
+    assert pd.read_csv(run / "full" / "seed_0" / "episodes.csv")["length"].tolist() == [250, 250, 250, 250]
+    evaluated = invoke("eval", run / "full" / "seed_0" / "checkpoint.pt", "--episodes", "1", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output)["lengths"] == [250]
+
+
+@needs_dmc
+def test_eval_renders_a_dmc_task_headless_with_MUJOCO_GL_unset(tmp_path):
+    assert invoke("train", "dmc:cartpole-swingup", "--total-steps", "256", "--out", tmp_path, *SMALL).exit_code == 0
+    checkpoint = tmp_path / "dm_control_cartpole-swingup-v0" / "default" / "seed_0" / "checkpoint.pt"
+    video = tmp_path / "clip.mp4"
+    done = ppo("eval", checkpoint, "--episodes", "1", "--frames", "4", "--video", video)
+    assert done.returncode == 0, done.stdout + done.stderr
+    import imageio.v3 as iio
+
+    frames = iio.imread(video, plugin="FFMPEG")
+    assert frames.shape[0] == 4 and min(float(f.std()) for f in frames) > 5.0  # the scene, not blank frames
