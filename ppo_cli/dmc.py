@@ -19,6 +19,7 @@ training goes on.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from importlib import metadata
@@ -66,6 +67,13 @@ def register() -> None:
         raise DMCError(f"dm-control {_version('dm-control')} does not work with mujoco {_version('mujoco')} "
                        f"({exc}); the dmc extra needs mujoco < 4: pip install 'mujoco<4'") from None
     gym.register_envs(shimmy)
+    logging.getLogger("absl").addFilter(_model_deprecations)
+
+
+def _model_deprecations(record: logging.LogRecord) -> bool:
+    """Drop mujoco's notes on deprecated attributes in DMC's own model files (cheetah's
+    ``settotalmass``): one per environment built, 64 a run, and nothing a user can change."""
+    return "is deprecated and will be removed" not in record.getMessage()
 
 
 def tasks() -> dict[str, list[str]]:

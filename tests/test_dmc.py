@@ -97,6 +97,13 @@ def test_observations_are_flattened_in_the_documented_order():
 
 
 @needs_dmc
+def test_building_a_task_logs_no_notes_on_dmcs_own_model_files(caplog):
+    with caplog.at_level("WARNING"):
+        make_env("dm_control/cheetah-run-v0").close()
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()], caplog.text
+
+
+@needs_dmc
 def test_episodes_end_at_dmcs_time_limit_as_a_truncation():
     env = make_env("dm_control/cartpole-swingup-v0", action_repeat=8)
     env.reset(seed=0)
