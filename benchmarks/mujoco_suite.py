@@ -3,6 +3,8 @@
     make benchmark                                       # or:
     python benchmarks/mujoco_suite.py --seeds 5 --jobs 2       # 3 tasks x 5 seeds x 1M steps
     nohup make benchmark > benchmark.log 2>&1 &          # in the background
+    python benchmarks/mujoco_suite.py --suite dmc --jobs 16   # DMC: cheetah-run, walker-walk, walker-run,
+                                                         # cartpole-swingup, finger-spin, reacher-hard
 
 Three phases, each skipping work already done, so the same command resumes an interrupted
 benchmark (Ctrl-C, a killed shell, a reboot). (Not named ``mujoco.py``: run as a script, that
@@ -49,8 +51,15 @@ from ppo_cli.layout import (CHECKPOINT_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRE
                             is_seed_dir, plan_resume, seed_dirs, seed_folder)
 
 TASKS = ("Hopper-v4", "HalfCheetah-v4", "Walker2d-v4")
-TARGETS = {  # evaluation IQM targets of the learning-quality issue at 1M steps, set for v4 (v5: for scale)
+TARGETS = {  # evaluation IQM targets at 1M steps: the learning-quality issue's (v4; v5 for scale), the DMC issue's
     "Hopper": 2800, "HalfCheetah": 5000, "Walker2d": 3800,
+    "dm_control/cheetah-run": 650, "dm_control/walker-walk": 650, "dm_control/walker-run": 200,
+    "dm_control/cartpole-swingup": 800, "dm_control/finger-spin": 700, "dm_control/reacher-hard": 700,
+}
+SUITES = {  # --suite NAME: its tasks and where its summaries go
+    "mujoco": (TASKS, Path("benchmarks/results/mujoco")),
+    "dmc": (("dmc:cheetah-run", "dmc:walker-walk", "dmc:walker-run", "dmc:cartpole-swingup", "dmc:finger-spin",
+             "dmc:reacher-hard"), Path("benchmarks/results/dmc")),
 }
 
 
@@ -202,7 +211,9 @@ def config_record(configs: dict[str, Config]) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated env ids or aliases")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="mujoco",
+                        help="the tasks: MuJoCo's Hopper, HalfCheetah, Walker2d-v4, or six DMC tasks (the dmc extra)")
+    parser.add_argument("--tasks", default=None, help="comma-separated env ids or aliases [default: the suite's]")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0, help="train seeds FIRST, FIRST + 1, ...")
     parser.add_argument("--steps", type=int, default=1_000_000)
@@ -211,7 +222,7 @@ def main() -> None:
     parser.add_argument("--name", default="default", help="run name (folder under RUNS/<env id>/)")
     parser.add_argument("--runs", type=Path, default=Path("results/benchmark"), help="training output (not committed)")
     parser.add_argument("--results", type=Path, default=None,
-                        help="summary folder [default: benchmarks/results/mujoco/NAME]")
+                        help="summary folder [default: benchmarks/results/SUITE/NAME]")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="start from a named preset (ppo train --preset) instead of the defaults")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
@@ -219,12 +230,17 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true", help="only evaluate and summarise")
     args = parser.parse_args()
 
-    tasks = [resolve_env_id(t.strip()) for t in args.tasks.split(",") if t.strip()]
+    suite_tasks, suite_results = SUITES[args.suite]
+    names = args.tasks.split(",") if args.tasks else suite_tasks
+    try:
+        tasks = [resolve_env_id(t.strip()) for t in names if t.strip()]
+    except ValueError as exc:  # an unknown task, a missing extra
+        raise SystemExit(f"--tasks: {exc}") from None
     try:
         configs = task_configs(tasks, args.steps, args.preset, parse_overrides(args.overrides))
     except ConfigError as exc:
         raise SystemExit(f"--set: {exc}") from None
-    results = args.results or Path("benchmarks/results/mujoco") / args.name
+    results = args.results or suite_results / args.name
     folders = [args.runs / env_folder(env_id) / args.name for env_id in tasks]
     start = time.perf_counter()
     if not args.skip_train:

@@ -1,5 +1,6 @@
 """The learning-quality benchmark script end to end, on a tiny budget."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,19 @@ def test_mujoco_suite_trains_evaluates_summarises_and_resumes(tmp_path):
     changed = subprocess.run(command[:-1] + ["hidden_sizes=32,32"], cwd=ROOT, capture_output=True, text=True,
                              timeout=300)
     assert changed.returncode != 0 and "another config" in changed.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("shimmy") is None, reason="the dmc extra (make installs it)")
+def test_the_dmc_suite_runs_dmc_tasks_by_name_with_their_targets(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "mujoco_suite.py"), "--suite", "dmc", "--tasks",
+               "dmc:cartpole-swingup", "--seeds", "1", "--steps", "4096", "--episodes", "1",
+               "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), "--set", "num_envs=2",
+               "--set", "num_steps=512", "--set", "action_repeat=4", "--set", "hidden_sizes=16,16"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = pd.read_csv(tmp_path / "res" / "summary.csv")
+    assert summary.loc[0, "env"] == "dm_control/cartpole-swingup-v0" and summary.loc[0, "target"] == 800
+    assert pd.notna(summary.loc[0, "eval_iqm"]) and pd.notna(summary.loc[0, "final_mean"])
 
 
 def test_mujoco_suite_rejects_an_unknown_override():
