@@ -105,8 +105,10 @@ def resolve(name: str) -> str:
 
 
 def make(env_id: str, render_mode: str | None = None) -> gym.Env:
-    """A registered ``dm_control/`` task with its observation dict flattened (see the module's notes)."""
-    register()
+    """A ``dmc:`` or ``dm_control/`` task with its observation dict flattened (see the module's notes).
+
+    The name is checked against the suite first: ``gym.make`` imports the module before a colon."""
+    env_id = resolve(env_id)
     env = gym.make(env_id, render_mode=render_mode)
     dt = env.unwrapped.dt
     env.metadata = {**env.metadata, "render_fps": 1.0 / dt}  # Shimmy gives dt * 1000, which is not a rate

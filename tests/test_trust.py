@@ -172,6 +172,22 @@ def test_1_a_crafted_checkpoint_never_runs_code(checkpoint, tmp_path, monkeypatc
     assert list(spy.iterdir()) == []  # mkdtemp never ran
 
 
+@pytest.mark.parametrize("env_id", ["dmc:tempfile:mkdtemp", "dmc:os-fork", "DMC:tempfile:mkdtemp-v0"])
+def test_1_a_dmc_name_in_a_checkpoint_imports_nothing(checkpoint, tmp_path, monkeypatch, env_id):
+    """dmc: names are not entry points; gym.make would import the module before a colon, so they
+    are checked against DMC's task list first."""
+    import tempfile
+
+    spy = tmp_path / "tmp"
+    spy.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spy))
+    craft(checkpoint, set_env(env_id))
+    for args in (["eval", checkpoint, "--episodes", "1"], ["train", "--resume", checkpoint.parent, "--total-steps", "1024"]):
+        result = invoke(*args)
+        assert result.exit_code == 2 and "DMC" in text(result) and "Traceback" not in result.output, result.output
+    assert list(spy.iterdir()) == []
+
+
 @pytest.mark.parametrize("env_id", ["os:fork", "signal:pause"])
 def test_1_a_crafted_checkpoint_cannot_fork_or_hang_eval(checkpoint, env_id):
     craft(checkpoint, set_env(env_id))
