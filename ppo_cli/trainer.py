@@ -52,7 +52,7 @@ from ppo_cli.checkpoint import (CheckpointError, package_versions, read_checkpoi
 from ppo_cli.config import Config
 from ppo_cli.diagnostics import EPISODE_COLUMNS, PROGRESS_COLUMNS, CsvLog
 from ppo_cli.envs import EnvBatch, EnvPoolBatch, EnvSpaces, make_env_batch
-from ppo_cli.files import FolderLock, atomic_write_text, remove_stale_temporaries
+from ppo_cli.files import FolderBusy, FolderLock, atomic_write_text, remove_stale_temporaries
 from ppo_cli.layout import CHECKPOINT_FILE, CONFIG_FILE, EPISODES_FILE, ERROR_FILE, PROGRESS_FILE
 from ppo_cli.monitor import Monitor
 from ppo_cli.optim import make_optimizer, set_learning_rate
@@ -168,6 +168,15 @@ class _Run:
         })
 
 
+class RunExists(FolderBusy):
+    """A fresh start asked of a folder that already holds a run: it is left as it is (a plan made
+    before another process trained the folder must not overwrite what that process wrote)."""
+
+    def __init__(self, folder: Path) -> None:
+        RuntimeError.__init__(self, f"{folder} already holds a run ({CHECKPOINT_FILE}); resume it or train "
+                                    f"into another folder")
+
+
 def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]], None] | None = None,
           resume: bool = False, stop: StopRequest | None = None) -> TrainResult:
     """Train one seed in ``run_dir`` (see :func:`_train`), holding the folder's lock throughout.
@@ -176,10 +185,13 @@ def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]]
     handlers for SIGINT, SIGTERM and SIGHUP while it runs (main thread only). torch and numpy's
     BLAS run one thread: the matrices are small, and a second thread only adds hand-offs (which
     cost far more than the products when another seed holds the other core). Raises
-    :class:`~ppo_cli.files.FolderBusy` if another process holds the folder.
+    :class:`~ppo_cli.files.FolderBusy` if another process holds the folder, and :class:`RunExists`
+    if, without ``resume``, it already holds a run.
     """
     torch.set_num_threads(1)
     with FolderLock(run_dir), threadpool_limits(limits=1, user_api="blas"):
+        if not resume and (Path(run_dir) / CHECKPOINT_FILE).exists():  # checked under the lock: no race
+            raise RunExists(Path(run_dir))
         if stop is not None:
             return _train(config, Path(run_dir), on_iteration, resume, stop)
         with StopRequest() as own:

@@ -259,6 +259,23 @@ def test_3_a_second_process_on_a_running_run_is_refused_with_the_holders_pid(tmp
     assert load_checkpoint(run / "seed_0" / "checkpoint.pt")["config"]["total_steps"] == 10000000
 
 
+def test_3_a_fresh_start_never_overwrites_a_run_another_process_wrote(tmp_path):
+    """A plan made before another process trained the folder (two benchmark scripts on one folder
+    did this: a finished seed was trained again from step 0 and cut off by a signal)."""
+    from ppo_cli.config import Config
+    from ppo_cli.trainer import RunExists, train
+
+    config = Config(env_id=POINT, total_steps=512, num_envs=1, num_steps=256, num_minibatches=4, update_epochs=1)
+    seed_dir = tmp_path / "seed_0"
+    seed_dir.mkdir()
+    assert train(config, seed_dir).status == "finished"
+    before = {p.name: p.read_bytes() for p in seed_dir.iterdir() if p.is_file()}
+    with pytest.raises(RunExists, match="already holds a run"):
+        train(config, seed_dir)
+    assert {p.name: p.read_bytes() for p in seed_dir.iterdir() if p.is_file()} == before
+    assert train(config.replace(total_steps=1024), seed_dir, resume=True).status == "finished"
+
+
 def test_3_the_lock_is_per_folder_and_released_when_its_holder_ends(tmp_path):
     with FolderLock(tmp_path):
         holder = f"import fcntl, os; fd = os.open({str(tmp_path / '.lock')!r}, os.O_RDWR); " \
