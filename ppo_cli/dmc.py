@@ -101,6 +101,10 @@ def resolve(name: str) -> str:
         raise DMCError(f"unknown DMC domain {domain!r} in {name!r}; domains: {', '.join(table)}")
     if task not in table[domain]:
         raise DMCError(f"unknown DMC task {name!r}: {domain} has: {', '.join(table[domain])}")
+    return _env_id(domain, task)
+
+
+def _env_id(domain: str, task: str) -> str:
     return f"{NAMESPACE}{domain}-{task}-v0"
 
 
@@ -117,7 +121,7 @@ def make(env_id: str, render_mode: str | None = None) -> gym.Env:
 
 def task_table() -> list[tuple[str, str]]:
     """``(dmc:domain-task, registered id)`` for every task of the suite."""
-    return [(f"{PREFIX}{domain}-{task}", f"{NAMESPACE}{domain}-{task}-v0")
+    return [(f"{PREFIX}{domain}-{task}", _env_id(domain, task))
             for domain, names in tasks().items() for task in names]
 
 

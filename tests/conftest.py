@@ -1,6 +1,8 @@
 import os
 from pathlib import Path
 
+import pandas as pd
+
 import pytest
 
 from ppo_cli.config import Config
@@ -54,3 +56,15 @@ def interrupt_at_update(monkeypatch, n: int) -> None:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "ppo_update", interrupting)
+
+
+def same_rows(a: Path, b: Path) -> bool:
+    """Whether two seed folders hold the same progress.csv and episodes.csv, timing columns aside."""
+    from ppo_cli.diagnostics import TIMING_COLUMNS
+
+    for name in ("progress.csv", "episodes.csv"):
+        x, y = pd.read_csv(a / name), pd.read_csv(b / name)
+        drop = [c for c in TIMING_COLUMNS if c in x.columns]
+        if not x.drop(columns=drop).equals(y.drop(columns=drop)):
+            return False
+    return True

@@ -9,9 +9,8 @@ from click.testing import CliRunner
 
 from ppo_cli.checkpoint import load_checkpoint
 from ppo_cli.cli import cli
-from ppo_cli.diagnostics import TIMING_COLUMNS
 from ppo_cli.envs import ActionRepeat, EnvBatch, make_env
-from tests.conftest import interrupt_at_update
+from tests.conftest import interrupt_at_update, same_rows
 
 POINT = "tests.fake_envs:PointEnv"
 SMALL = ["--num-envs", "2", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2",
@@ -78,10 +77,7 @@ def test_a_run_with_action_repeat_records_it_evaluates_with_it_and_resumes_exact
         assert invoke("train", POINT, "--out", tmp_path, "--run-name", "cut", *options).exit_code == 130
     assert load_checkpoint(run / "cut" / "seed_0" / "checkpoint.pt")["global_step"] == 512
     assert invoke("train", "--resume", run / "cut", "--trust-env", "--quiet").exit_code == 0
-    for name in ("progress.csv", "episodes.csv"):
-        a, b = (pd.read_csv(run / r / "seed_0" / name) for r in ("full", "cut"))
-        columns = [c for c in a.columns if c not in TIMING_COLUMNS]
-        pd.testing.assert_frame_equal(a[columns], b[columns])
+    assert same_rows(run / "full" / "seed_0", run / "cut" / "seed_0")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -14,9 +14,8 @@ from click.testing import CliRunner
 from ppo_cli import dmc
 from ppo_cli.checkpoint import load_checkpoint
 from ppo_cli.cli import cli
-from ppo_cli.diagnostics import TIMING_COLUMNS
 from ppo_cli.envs import make_env, resolve_env_id
-from tests.conftest import interrupt_at_update
+from tests.conftest import interrupt_at_update, same_rows
 from tests.test_trust import env_without_display, ppo
 
 ROOT = Path(__file__).parent.parent
@@ -128,10 +127,7 @@ def test_a_dmc_run_trains_resumes_exactly_and_evaluates_with_the_registered_id(t
     assert state["global_step"] == 512 and "random_state" in state["envs"]["episode_start"][0]["rng"]
     assert json.loads((run / "cut" / "seed_0" / "config.json").read_text())["env_id"] == "dm_control/cartpole-swingup-v0"
     assert invoke("train", "--resume", run / "cut", "--quiet").exit_code == 0  # a registered id: no --trust-env
-    for name in ("progress.csv", "episodes.csv"):
-        a, b = (pd.read_csv(run / r / "seed_0" / name) for r in ("full", "cut"))
-        columns = [c for c in a.columns if c not in TIMING_COLUMNS]
-        pd.testing.assert_frame_equal(a[columns], b[columns])
+    assert same_rows(run / "full" / "seed_0", run / "cut" / "seed_0")
     assert pd.read_csv(run / "full" / "seed_0" / "episodes.csv")["length"].tolist() == [250, 250, 250, 250]
     evaluated = invoke("eval", run / "full" / "seed_0" / "checkpoint.pt", "--episodes", "1", "--json")
     assert evaluated.exit_code == 0, evaluated.output

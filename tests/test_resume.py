@@ -16,7 +16,7 @@ from ppo_cli.checkpoint import load_checkpoint
 from ppo_cli.cli import cli
 from ppo_cli.diagnostics import TIMING_COLUMNS
 from ppo_cli.trainer import _Seeds
-from tests.conftest import interrupt_at_update, write_malicious_checkpoint
+from tests.conftest import interrupt_at_update, same_rows, write_malicious_checkpoint
 
 ROOT = Path(__file__).parent.parent
 POINT = "tests.fake_envs:PointEnv"
@@ -61,10 +61,7 @@ def test_resume_of_an_environment_with_a_legacy_random_state_is_exact(tmp_path, 
     assert all(start["seed"] is None and "random_state" in start["rng"] for start in starts)
     resumed = invoke("train", "--resume", run / "cut", "--trust-env", "--quiet")
     assert resumed.exit_code == 0, resumed.output
-    for name in ("progress.csv", "episodes.csv"):
-        full, cut = (pd.read_csv(run / r / "seed_0" / name) for r in ("full", "cut"))
-        columns = [c for c in full.columns if c not in TIMING_COLUMNS]
-        pd.testing.assert_frame_equal(full[columns], cut[columns])
+    assert same_rows(run / "full" / "seed_0", run / "cut" / "seed_0")
 
 
 def test_resume_refuses_other_options_and_folders_that_are_not_runs(tmp_path):

@@ -27,11 +27,11 @@ from ppo_cli import runs
 from ppo_cli.checkpoint import load_checkpoint
 from ppo_cli.cli import cli
 from ppo_cli.config import Config
-from ppo_cli.diagnostics import TIMING_COLUMNS, _truncate, valid_row
+from ppo_cli.diagnostics import _truncate, valid_row
 from ppo_cli.files import FolderBusy, FolderLock
 from ppo_cli.launch import SeedJob, run_one
 from ppo_cli.trainer import train
-from tests.conftest import interrupt_at_update
+from tests.conftest import interrupt_at_update, same_rows
 
 pytestmark = pytest.mark.slow
 
@@ -82,16 +82,6 @@ def last_step(seed_dir: Path) -> tuple[int, int]:
     """(global_step of the checkpoint, global_step of the last progress.csv row)."""
     return (int(load_checkpoint(seed_dir / "checkpoint.pt")["global_step"]),
             int(pd.read_csv(seed_dir / "progress.csv")["global_step"].iloc[-1]))
-
-
-def same_rows(a: Path, b: Path) -> bool:
-    """Whether two seed folders hold the same progress.csv and episodes.csv, timing columns aside."""
-    for name in ("progress.csv", "episodes.csv"):
-        x, y = pd.read_csv(a / name), pd.read_csv(b / name)
-        drop = [c for c in TIMING_COLUMNS if c in x.columns]
-        if not x.drop(columns=drop).equals(y.drop(columns=drop)):
-            return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +145,19 @@ def fill(disk: Path) -> None:
 # ----------------------------------------------------------------------------- 1. code execution
 
 
-@pytest.mark.parametrize("env_id", ["tempfile:mkdtemp", "code:interact", "sys:exit"])
-def test_1_a_crafted_checkpoint_never_runs_code(checkpoint, tmp_path, monkeypatch, env_id):
+@pytest.fixture
+def mkdtemp_spy(tmp_path, monkeypatch) -> Path:
+    """The folder tempfile.mkdtemp would create its directory in: empty unless mkdtemp ran."""
     import tempfile
 
     spy = tmp_path / "tmp"
     spy.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spy))
+    return spy
+
+
+@pytest.mark.parametrize("env_id", ["tempfile:mkdtemp", "code:interact", "sys:exit"])
+def test_1_a_crafted_checkpoint_never_runs_code(checkpoint, mkdtemp_spy, env_id):
     craft(checkpoint, set_env(env_id))
     for args in (["eval", checkpoint, "--episodes", "1"], ["train", "--resume", checkpoint.parent, "--total-steps", "1024"]):
         result = invoke(*args)
@@ -169,23 +165,18 @@ def test_1_a_crafted_checkpoint_never_runs_code(checkpoint, tmp_path, monkeypatc
         assert f"names the environment '{env_id}', a Python entry point" in text(result)
         assert "pass --trust-env" in text(result)
         assert ">>>" not in result.output and "InteractiveConsole" not in result.output  # no REPL opened
-    assert list(spy.iterdir()) == []  # mkdtemp never ran
+    assert list(mkdtemp_spy.iterdir()) == []  # mkdtemp never ran
 
 
 @pytest.mark.parametrize("env_id", ["dmc:tempfile:mkdtemp", "dmc:os-fork", "DMC:tempfile:mkdtemp-v0"])
-def test_1_a_dmc_name_in_a_checkpoint_imports_nothing(checkpoint, tmp_path, monkeypatch, env_id):
+def test_1_a_dmc_name_in_a_checkpoint_imports_nothing(checkpoint, mkdtemp_spy, env_id):
     """dmc: names are not entry points; gym.make would import the module before a colon, so they
     are checked against DMC's task list first."""
-    import tempfile
-
-    spy = tmp_path / "tmp"
-    spy.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(spy))
     craft(checkpoint, set_env(env_id))
     for args in (["eval", checkpoint, "--episodes", "1"], ["train", "--resume", checkpoint.parent, "--total-steps", "1024"]):
         result = invoke(*args)
         assert result.exit_code == 2 and "DMC" in text(result) and "Traceback" not in result.output, result.output
-    assert list(spy.iterdir()) == []
+    assert list(mkdtemp_spy.iterdir()) == []
 
 
 @pytest.mark.parametrize("env_id", ["os:fork", "signal:pause"])
