@@ -25,7 +25,9 @@ name would shadow the ``mujoco`` package.)
    (mean of the episodes in each seed's last 10% of steps), the last and the best evaluation
    during training (every 10 iterations, 10 episodes; the best is optimistic), wall time and
    steps/s. Written to ``RESULTS/summary.csv``,
-   ``RESULTS/seeds.csv``, ``RESULTS/learning_curves.png`` and ``RESULTS/config.json``.
+   ``RESULTS/seeds.csv``, ``RESULTS/learning_curves.png``, ``RESULTS/config.json`` and
+   ``RESULTS/versions.json`` (the package versions each checkpoint recorded: two runs of the
+   benchmark on other versions are two samples).
 """
 
 from __future__ import annotations
@@ -196,7 +198,19 @@ def summarise(run_folders: list[Path], results: Path, configs: dict[str, Config]
     summary["target"] = summary["env"].map(lambda env_id: TARGETS.get(task_family(env_id)))
     atomic_write_text(results / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(results / "config.json", json.dumps(config_record(configs), indent=2) + "\n")
+    atomic_write_text(results / "versions.json", json.dumps(versions_record(run_folders), indent=2) + "\n")
     return summary
+
+
+def versions_record(run_folders: list[Path]) -> dict[str, list[str]]:
+    """Per package, the versions the seeds' final checkpoints recorded (one each, where the runs agree)."""
+    found: dict[str, set[str]] = {}
+    for folder in run_folders:
+        for seed_dir in seed_dirs(folder):
+            versions = read_checkpoint(seed_dir / CHECKPOINT_FILE).get("versions", {})
+            for package, version in versions.items():
+                found.setdefault(str(package), set()).add(str(version))
+    return {package: sorted(found[package]) for package in sorted(found)}
 
 
 def config_record(configs: dict[str, Config]) -> dict[str, object]:

@@ -37,7 +37,7 @@ from ppo_cli.files import atomic_write
 
 FORMAT = "ppo_cli.checkpoint"
 FORMAT_VERSION = 1
-_PACKAGES = ("ppo-cli", "torch", "gymnasium", "mujoco", "numpy")
+_PACKAGES = ("ppo-cli", "torch", "gymnasium", "mujoco", "numpy", "envpool", "dm-control", "shimmy")
 
 
 class CheckpointError(ValueError):

@@ -1,12 +1,15 @@
 """The learning-quality benchmark script end to end, on a tiny budget."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import pandas as pd
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +32,8 @@ def test_mujoco_suite_trains_evaluates_summarises_and_resumes(tmp_path):
     assert summary.loc[0, "eval_mean"] == pytest.approx(seeds["eval_mean"].mean())
     assert (tmp_path / "res" / "learning_curves.png").stat().st_size > 10_000
     assert '"num_envs": 4' in (tmp_path / "res" / "config.json").read_text()
+    versions = json.loads((tmp_path / "res" / "versions.json").read_text())
+    assert versions["torch"] == [torch.__version__] and versions["gymnasium"] == [gym.__version__]
 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
