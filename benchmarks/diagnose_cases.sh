@@ -2,12 +2,15 @@
 # Real runs that produce each symptom `ppo diagnose` reads, on purpose, and healthy runs that must
 # produce none; then `ppo diagnose` on each and a table: case x expected finding x found.
 #
-#     bash benchmarks/diagnose_cases.sh            # about 30 minutes on 2 cores; resumes where it stopped
+#     bash benchmarks/diagnose_cases.sh            # about 40 minutes on 2 cores; resumes where it stopped
 #     STEPS=50000 bash benchmarks/diagnose_cases.sh /tmp/cases   # a quick look
+#     ONLY="dmc-entropy-bonus dmc-no-bonus" bash benchmarks/diagnose_cases.sh   # train and read only these
 #
 # Every case is 2 seeds (trained side by side) of STEPS steps (default 200k). Runs go to RUNS
 # (default results/diagnose_cases, not committed); each case's `ppo diagnose --json` output and
-# `--plot` figure, and the table (cases.txt), go to benchmarks/results/diagnose/ (committed).
+# `--plot` figure, and the table (cases.txt), go to benchmarks/results/diagnose/ (committed). With
+# ONLY, the other cases are neither trained nor read again: the table takes their committed output.
+# The two DMC cases (the dmc extra) are the tuning study's cheetah-run with and without the bonus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-results/diagnose_cases}
@@ -29,10 +32,14 @@ CASES=(
   "no-critic|critic|hopper --vf-coef 0"
   "diverging|non_finite|hopper --lr 3"
   "short-run|few_episodes|halfcheetah --total-steps 20480"
+  "dmc-entropy-bonus|std_rising|dmc:cheetah-run --ent-coef 0.01 --init-log-std 0"
+  "dmc-no-bonus|healthy|dmc:cheetah-run --ent-coef 0 --init-log-std 0"
 )
+ONLY=${ONLY:-}
 
 for line in "${CASES[@]}"; do
   IFS="|" read -r name expected args <<< "$line"
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
   run=$(ls -d "$RUNS/$name"/*/run 2>/dev/null | head -1 || true)
   if [ -n "$run" ]; then
     echo "== $name: resume $run"
