@@ -33,9 +33,7 @@ name would shadow the ``mujoco`` package.)
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
-import multiprocessing as mp
 import subprocess
 import sys
 import time
@@ -48,9 +46,10 @@ from ppo_cli.checkpoint import read_checkpoint
 from ppo_cli.config import PRESETS, Config, ConfigError, preset, task_family
 from ppo_cli.envs import resolve_env_id
 from ppo_cli.files import atomic_write_text
-from ppo_cli.launch import SeedJob, run_one
+from ppo_cli.launch import SeedJob, run_seeds
 from ppo_cli.layout import (CHECKPOINT_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRESS_FILE, LayoutError, env_folder,
                             is_seed_dir, plan_resume, seed_dirs, seed_folder)
+from ppo_cli.signals import StopRequest
 
 TASKS = ("Hopper-v4", "HalfCheetah-v4", "Walker2d-v4")
 TARGETS = {  # evaluation IQM targets at 1M steps: the learning-quality issue's (v4; v5 for scale), the DMC issue's
@@ -115,7 +114,7 @@ def seed_jobs(runs: Path, name: str, configs: dict[str, Config], seeds: range) -
             seed_dir = seed_folder(runs / env_folder(env_id) / name, seed)
             if not is_seed_dir(seed_dir):
                 seed_dir.mkdir(parents=True, exist_ok=True)
-                jobs.append(SeedJob(config, seed_dir))
+                jobs.append(SeedJob(config, seed_dir, key=(env_id, seed)))
                 continue
             try:
                 (plan,) = plan_resume(seed_dir, config.total_steps, lambda p: read_checkpoint(p, resume=True))
@@ -124,38 +123,34 @@ def seed_jobs(runs: Path, name: str, configs: dict[str, Config], seeds: range) -
             if plan.config != config:
                 raise SystemExit(f"{seed_dir} was trained with another config; use another --name or remove it")
             if plan.action != "finished":
-                jobs.append(SeedJob(config, seed_dir, resume=plan.action == "resume"))
+                jobs.append(SeedJob(config, seed_dir, resume=plan.action == "resume", key=(env_id, seed)))
     return jobs
 
 
-def _train_job(job: SeedJob) -> tuple[str, int, str, str]:
-    every = max(1, job.config.num_iterations // 10)
-
-    def emit(event: tuple) -> None:
-        kind, seed, payload = event
-        if kind == "iteration" and (payload["iteration"] % every == 0):
-            ret = payload["final_return"]
-            print(f"  {job.config.env_id} seed {seed}: step {payload['global_step']:>9,}  "
-                  f"sps {payload['sps']:>5}  return {ret if ret is None else round(ret, 1)}", flush=True)
-
-    result = run_one(job, emit)
-    return job.config.env_id, job.config.seed, result.status, result.message
-
-
-def train_all(jobs: list[SeedJob], workers: int) -> bool:
+def train_all(jobs: list[SeedJob], workers: int) -> int:
+    """Train the jobs, ``workers`` at a time, with ``ppo train``'s launcher: Ctrl-C, SIGTERM or SIGHUP
+    stop every running seed at its next step (saved, resumable) and start no other. Returns the exit
+    code: 0 when every seed finished, 1 when one failed, ``128 + signal`` when stopped."""
     if not jobs:
         print("train: every seed has finished")
-        return True
+        return 0
     print(f"train: {len(jobs)} seed run(s), {workers} at a time", flush=True)
-    ok = True
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_train_job, job) for job in jobs]
-        for future in cf.as_completed(futures):
-            env_id, seed, status, message = future.result()
-            print(f"done: {env_id} seed {seed}: {status} {message}".rstrip(), flush=True)
-            ok &= status == "finished"
-    return ok
+    every = {job.ident: max(1, job.config.num_iterations // 10) for job in jobs}
+
+    def on_event(event: tuple) -> None:
+        kind, (env_id, seed), payload = event
+        if kind == "iteration" and payload["iteration"] % every[(env_id, seed)] == 0:
+            ret = payload["final_return"]
+            print(f"  {env_id} seed {seed}: step {payload['global_step']:>9,}  "
+                  f"sps {payload['sps']:>5}  return {ret if ret is None else round(ret, 1)}", flush=True)
+        elif kind == "done":
+            print(f"done: {env_id} seed {seed}: {payload.status} {payload.message}".rstrip(), flush=True)
+
+    with StopRequest() as stop:
+        results = run_seeds(jobs, workers, on_event, stop)
+        if stop.requested:
+            return stop.exit_code
+    return 0 if all(result.status == "finished" for result in results) else 1
 
 
 def evaluate_all(run_folders: list[Path], episodes: int) -> None:
@@ -260,8 +255,10 @@ def main() -> None:
     if not args.skip_train:
         seeds = range(args.first_seed, args.first_seed + args.seeds)
         jobs = seed_jobs(args.runs, args.name, configs, seeds)
-        if not train_all(jobs, args.jobs):
-            raise SystemExit("some seeds did not finish; run the same command again to resume them")
+        code = train_all(jobs, args.jobs)
+        if code:
+            print("some seeds did not finish; run the same command again to resume them", file=sys.stderr)
+            raise SystemExit(code)
     evaluate_all(folders, args.episodes)
     summary = summarise(folders, results, configs)
     columns = ["env", "seeds", "eval_iqm", "eval_iqm_ci_low", "eval_iqm_ci_high", "eval_mean", "eval_std",

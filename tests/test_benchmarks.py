@@ -2,8 +2,11 @@
 
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -76,3 +79,37 @@ def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
     assert record["per_task"] == {"Hopper-v4": {"gae_lambda": 0.95}, "Walker2d-v4": {"gae_lambda": 0.9}}
     assert "gae_lambda" not in record and record["lr"] == 1e-4 and record["total_steps"] == 4096
     assert "per_task" not in mujoco_suite.config_record({"Hopper-v4": configs["Hopper-v4"]})
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_benchmark_at_once_and_starts_no_other_seed(tmp_path):
+    """As a terminal's Ctrl-C (SIGINT to the whole process group): the running seeds save and stop,
+    the queued ones never start, exit 130; the same command then resumes."""
+    runs = tmp_path / "runs"
+    command = [sys.executable, str(ROOT / "benchmarks" / "mujoco_suite.py"), "--tasks", "InvertedPendulum-v5",
+               "--seeds", "4", "--steps", "400000", "--jobs", "2", "--runs", str(runs),
+               "--results", str(tmp_path / "res"), "--set", "num_envs=4", "--set", "num_steps=256",
+               "--set", "hidden_sizes=16,16", "--set", "eval_interval=0"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    seeds = runs / "InvertedPendulum-v5" / "default"
+    try:
+        deadline = time.monotonic() + 120
+        while not all(rows_in(seeds / f"seed_{k}") for k in (0, 1)):
+            assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=40)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "run the same command again" in err
+    assert all((seeds / f"seed_{k}" / "checkpoint.pt").is_file() for k in (0, 1))
+    assert not any((seeds / f"seed_{k}" / "progress.csv").exists() for k in (2, 3)), out
+    assert 0 < rows_in(seeds / "seed_0") < 400000 // 1024
+
+
+def rows_in(seed_dir: Path) -> int:
+    progress = seed_dir / "progress.csv"
+    return max(0, len(progress.read_text().splitlines()) - 1) if progress.is_file() else 0
