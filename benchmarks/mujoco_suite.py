@@ -47,8 +47,8 @@ from ppo_cli.config import PRESETS, Config, ConfigError, preset, task_family
 from ppo_cli.envs import resolve_env_id
 from ppo_cli.files import atomic_write_text
 from ppo_cli.launch import SeedJob, run_seeds
-from ppo_cli.layout import (CHECKPOINT_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRESS_FILE, LayoutError, env_folder,
-                            is_seed_dir, plan_resume, seed_dirs, seed_folder)
+from ppo_cli.layout import (CHECKPOINT_FILE, CONFIG_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRESS_FILE, LayoutError,
+                            env_folder, is_seed_dir, plan_resume, seed_dirs, seed_folder)
 from ppo_cli.signals import StopRequest
 
 TASKS = ("Hopper-v4", "HalfCheetah-v4", "Walker2d-v4")
@@ -180,7 +180,8 @@ def summarise(run_folders: list[Path], results: Path, configs: dict[str, Config]
             last = progress.iloc[-1]
             curve = (pd.read_csv(seed_dir / EVALUATIONS_FILE)["mean"] if (seed_dir / EVALUATIONS_FILE).is_file()
                      else pd.Series(dtype=float))
-            seeds.append({"env": folder.parent.name, "seed": int(seed_dir.name.split("_")[1]),
+            env_id = json.loads((seed_dir / CONFIG_FILE).read_text())["env_id"]  # a folder name has no "/"
+            seeds.append({"env": env_id, "seed": int(seed_dir.name.split("_")[1]),
                           "eval_mean": evaluation["mean"], "eval_std": evaluation["std"],
                           "last_evaluation": curve.iloc[-1] if len(curve) else np.nan,
                           "best_evaluation": curve.max() if len(curve) else np.nan,

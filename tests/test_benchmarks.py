@@ -57,7 +57,9 @@ def test_the_dmc_suite_runs_dmc_tasks_by_name_with_their_targets(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     summary = pd.read_csv(tmp_path / "res" / "summary.csv")
     assert summary.loc[0, "env"] == "dm_control/cartpole-swingup-v0" and summary.loc[0, "target"] == 800
-    assert pd.notna(summary.loc[0, "eval_iqm"]) and pd.notna(summary.loc[0, "final_mean"])
+    for column in ("eval_iqm", "final_mean", "wall_time_s", "sps"):  # the id's "/" is not in its folder's name
+        assert pd.notna(summary.loc[0, column]), column
+    assert pd.read_csv(tmp_path / "res" / "seeds.csv").loc[0, "env"] == "dm_control/cartpole-swingup-v0"
 
 
 def test_mujoco_suite_rejects_an_unknown_override():
