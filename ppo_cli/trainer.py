@@ -175,6 +175,7 @@ class RunExists(FolderBusy):
     def __init__(self, folder: Path) -> None:
         RuntimeError.__init__(self, f"{folder} already holds a run ({CHECKPOINT_FILE}); resume it or train "
                                     f"into another folder")
+        self.folder, self.pid = folder, None  # FolderBusy's attributes: no other process holds it
 
 
 def train(config: Config, run_dir: Path, on_iteration: Callable[[dict[str, Any]], None] | None = None,

@@ -85,8 +85,8 @@ def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_benchmark_at_once_and_starts_no_other_seed(tmp_path):
-    """As a terminal's Ctrl-C (SIGINT to the whole process group): the running seeds save and stop,
-    the queued ones never start, exit 130; the same command then resumes."""
+    """As a terminal's Ctrl-C (SIGINT to the whole process group): the running seeds save a checkpoint
+    and stop, the queued ones never start, exit 130 with the line that says how to resume."""
     runs = tmp_path / "runs"
     command = [sys.executable, str(ROOT / "benchmarks" / "mujoco_suite.py"), "--tasks", "InvertedPendulum-v5",
                "--seeds", "4", "--steps", "400000", "--jobs", "2", "--runs", str(runs),

@@ -30,7 +30,7 @@ from ppo_cli.config import Config
 from ppo_cli.diagnostics import _truncate, valid_row
 from ppo_cli.files import FolderBusy, FolderLock
 from ppo_cli.launch import SeedJob, run_one
-from ppo_cli.trainer import train
+from ppo_cli.trainer import RunExists, train
 from tests.conftest import interrupt_at_update, same_rows
 
 pytestmark = pytest.mark.slow
@@ -253,16 +253,14 @@ def test_3_a_second_process_on_a_running_run_is_refused_with_the_holders_pid(tmp
 def test_3_a_fresh_start_never_overwrites_a_run_another_process_wrote(tmp_path):
     """A plan made before another process trained the folder (two benchmark scripts on one folder
     did this: a finished seed was trained again from step 0 and cut off by a signal)."""
-    from ppo_cli.config import Config
-    from ppo_cli.trainer import RunExists, train
-
     config = Config(env_id=POINT, total_steps=512, num_envs=1, num_steps=256, num_minibatches=4, update_epochs=1)
     seed_dir = tmp_path / "seed_0"
     seed_dir.mkdir()
     assert train(config, seed_dir).status == "finished"
     before = {p.name: p.read_bytes() for p in seed_dir.iterdir() if p.is_file()}
-    with pytest.raises(RunExists, match="already holds a run"):
+    with pytest.raises(RunExists, match="already holds a run") as refused:
         train(config, seed_dir)
+    assert isinstance(refused.value, FolderBusy) and refused.value.folder == seed_dir and refused.value.pid is None
     assert {p.name: p.read_bytes() for p in seed_dir.iterdir() if p.is_file()} == before
     assert train(config.replace(total_steps=1024), seed_dir, resume=True).status == "finished"
 
