@@ -53,13 +53,18 @@ class FiniteFloatRange(click.FloatRange):
 
 
 def _describe_preset(name: str) -> str:
-    """``"Walker2d --gae-lambda 0.9"``: the options preset ``name`` sets, per task family."""
-    parts = []
+    """``"Walker2d --gae-lambda 0.9"``: the options preset ``name`` sets, per task family; families
+    given the same options share one entry (``"dm_control/cheetah-run, dm_control/walker-walk ..."``)."""
+    def option(key: str, value: Any) -> str:
+        if isinstance(value, bool):
+            return _flag(key) if value else "--no-" + _flag(key)[2:]
+        return f"{_flag(key)} {','.join(map(str, value)) if isinstance(value, tuple) else value}"
+
+    families: dict[str, list[str]] = {}
     for family, values in PRESETS[name].items():
-        flags = [(_flag(k) if v else "--no-" + _flag(k)[2:]) if isinstance(v, bool) else f"{_flag(k)} {v}"
-                 for k, v in values.items()]
-        parts.append(f"{'any task' if family == '*' else family} {' '.join(flags)}")
-    return ", ".join(parts)
+        flags = " ".join(option(k, v) for k, v in values.items())
+        families.setdefault(flags, []).append("any task" if family == "*" else family)
+    return "; ".join(f"{', '.join(names)} {flags}" for flags, names in families.items())
 
 
 def field_type(name: str) -> tuple[click.ParamType, bool]:
@@ -176,9 +181,9 @@ def _print_dmc_tasks(console: Console) -> None:
                    "code; without this flag such a run is refused).")
 @click.option("--preset", "preset_name", type=click.Choice(sorted(PRESETS)), default=None,
               help="Start from a named set of settings instead of the defaults; options given beside it "
-                   "still apply. tuned: the best measured config per MuJoCo task; classic: SB3's and "
-                   "CleanRL's settings. They set: " + "; ".join(
-                       f"{name}: {_describe_preset(name)}" for name in sorted(PRESETS)) + ".")
+                   "still apply. tuned: the best measured config per MuJoCo and DMC task; classic: SB3's "
+                   "and CleanRL's settings. They set: " + " ".join(
+                       f"{name}: {_describe_preset(name)}." for name in sorted(PRESETS)))
 @click.option("--quiet", is_flag=True, help="Plain progress lines instead of the live display.")
 @click.pass_context
 def train(ctx: click.Context, env: str | None, num_seeds: int, jobs: int | None, out_dir: Path,

@@ -81,6 +81,9 @@ def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
     assert record["per_task"] == {"Hopper-v4": {"gae_lambda": 0.95}, "Walker2d-v4": {"gae_lambda": 0.9}}
     assert "gae_lambda" not in record and record["lr"] == 1e-4 and record["total_steps"] == 4096
     assert "per_task" not in mujoco_suite.config_record({"Hopper-v4": configs["Hopper-v4"]})
+    dmc = mujoco_suite.task_configs(["dm_control/walker-run-v0", "dm_control/walker-walk-v0"], 4096, "tuned", {})
+    assert mujoco_suite.config_record(dmc)["per_task"] == {"dm_control/walker-run-v0": {"hidden_sizes": [256, 256]},
+                                                           "dm_control/walker-walk-v0": {"hidden_sizes": [64, 64]}}
 
 
 @pytest.mark.slow

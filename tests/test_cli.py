@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ppo_cli.cli import cli
-from ppo_cli.config import Config
+from ppo_cli.config import DMC_TUNED, Config
 from ppo_cli.launch import SeedJob, run_seeds
 
 TINY = ["--total-steps", "512", "--num-envs", "1", "--num-steps", "256", "--num-minibatches", "4", "--update-epochs", "2",
@@ -80,13 +80,15 @@ def test_a_preset_replaces_the_defaults_and_given_options_still_win(tmp_path):
 def test_help_spells_out_what_each_preset_sets():
     from ppo_cli.cli import _describe_preset
 
-    assert _describe_preset("tuned") == "Walker2d --gae-lambda 0.9"
+    assert _describe_preset("tuned") == ("Walker2d --gae-lambda 0.9; " + ", ".join(
+        f"dm_control/{task}" for task in DMC_TUNED) + " --hidden-sizes 256,256")
     assert _describe_preset("classic").startswith("any task --num-envs 1 --num-steps 2048")
     assert "--clip-vloss" in _describe_preset("classic") and "--no-recompute-adv" in _describe_preset("classic")
-    assert "tuned: Walker2d" in " ".join(invoke("train", "--help").output.split())
+    help_text = " ".join(invoke("train", "--help").output.split())
+    assert "tuned: Walker2d --gae-lambda 0.9; dm_control/cheetah-run," in help_text
 
 
-def test_the_tuned_preset_changes_walker2d_only(tmp_path):
+def test_the_tuned_preset_changes_walker2d_and_not_hopper(tmp_path):
     for env, lam in (("walker2d", 0.9), ("hopper", 0.95)):
         result = invoke("train", env, "--preset", "tuned", "--out", str(tmp_path), *TINY)
         assert result.exit_code == 0, result.output
