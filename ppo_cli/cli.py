@@ -54,7 +54,7 @@ class FiniteFloatRange(click.FloatRange):
 
 def _describe_preset(name: str) -> str:
     """``"Walker2d --gae-lambda 0.9"``: the options preset ``name`` sets, per task family; families
-    given the same options share one entry (``"dm_control/cheetah-run, dm_control/walker-walk ..."``)."""
+    given the same options share one entry (``"dm_control/cheetah-run, dm_control/walker-run ..."``)."""
     def option(key: str, value: Any) -> str:
         if isinstance(value, bool):
             return _flag(key) if value else "--no-" + _flag(key)[2:]
