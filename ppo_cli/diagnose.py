@@ -302,12 +302,13 @@ def entropy_negative_early(seed: SeedCurves) -> list[Finding]:
         return []
     steps, entropy = pair
     early = steps <= THRESHOLDS["entropy_early"].value * seed.total_steps
-    negative = early & (smoothed(entropy) < 0)
+    curve = smoothed(entropy)
+    negative = early & (curve < 0)
     if not negative.any():
         return []
     first = int(np.argmax(negative))
     return [_finding(seed, "entropy_early", "warning", "entropy negative early: the actor narrows too fast", "entropy",
-                     (int(steps[first]), int(steps[early][-1])), entropy[first], 0.0,
+                     (int(steps[first]), int(steps[early][-1])), curve[first], 0.0,
                      f"entropy < 0 from step {_k(steps[first])}, {steps[first] / seed.total_steps:.0%} into training",
                      "a Gaussian's entropy turns negative when its std gets small; this early, the actor is "
                      "updating faster than the critic can follow", [_lr(seed, 3), "--clip-vloss", "--ent-coef 0.001"])]

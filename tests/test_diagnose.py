@@ -106,6 +106,10 @@ def test_negative_entropy_early_but_not_late():
     assert dg.entropy_negative_early(seed(entropy=early))[0].rule == "entropy_early"
     late = np.r_[np.full(150, 1.0), np.full(N - 150, -0.5)]  # negative at 75%: a healthy narrowing
     assert dg.entropy_negative_early(seed(entropy=late)) == []
+    # the value is the smoothed entropy the rule read, not the raw point (0.05 here: above 0)
+    noisy = np.r_[np.full(20, 1.0), np.resize([-0.6, 0.05], N - 20)]
+    (finding,) = dg.entropy_negative_early(seed(entropy=noisy))
+    assert finding.steps[0] == STEPS[27] and noisy[27] > 0 > finding.value == pytest.approx(-0.02)
 
 
 def test_value_loss_exploding_and_rising():
