@@ -16,9 +16,12 @@ name would shadow the ``mujoco`` package.)
    into ``RUNS/<env id>/<name>/seed_<k>/``, the layout of ``ppo train``. A seed with a
    checkpoint continues from it (``ppo train --resume``'s code path); a finished one is left
    alone.
-2. **evaluate** every final checkpoint with ``ppo eval RUN --episodes 10`` (deterministic: the
+2. **evaluate** every final checkpoint with ``ppo eval RUN --episodes N`` (deterministic: the
    Gaussian mean, the saved observation statistics frozen, raw rewards), which writes
-   ``eval.json`` beside each checkpoint.
+   ``eval.json`` beside each checkpoint; N is 10 on MuJoCo and 50 on DMC, whose episodes are
+   bimodal (reacher-hard reaches its target or scores 0, walker-walk walks or falls), where 10
+   episodes leave a standard error of about 130 on a seed's mean (reacher-hard). A checkpoint
+   evaluated with another number of episodes is evaluated again.
 3. **summarise** with ``ppo plot``'s library call: the figure (return, the evaluation curve and
    diagnostics across seeds, one column per task) and per task: seeds, IQM of the evaluation
    return with its 95% stratified-bootstrap interval, mean +- std, the final training return
@@ -57,10 +60,10 @@ TARGETS = {  # evaluation IQM targets at 1M steps: the learning-quality issue's 
     "dm_control/cheetah-run": 650, "dm_control/walker-walk": 650, "dm_control/walker-run": 200,
     "dm_control/cartpole-swingup": 800, "dm_control/finger-spin": 700, "dm_control/reacher-hard": 700,
 }
-SUITES = {  # --suite NAME: its tasks and where its summaries go
-    "mujoco": (TASKS, Path("benchmarks/results/mujoco")),
+SUITES = {  # --suite NAME: its tasks, where its summaries go, evaluation episodes per checkpoint
+    "mujoco": (TASKS, Path("benchmarks/results/mujoco"), 10),
     "dmc": (("dmc:cheetah-run", "dmc:walker-walk", "dmc:walker-run", "dmc:cartpole-swingup", "dmc:finger-spin",
-             "dmc:reacher-hard"), Path("benchmarks/results/dmc")),
+             "dmc:reacher-hard"), Path("benchmarks/results/dmc"), 50),
 }
 
 
@@ -96,13 +99,17 @@ RECORDING = {"eval_interval": 10, "eval_episodes": 10}
 last and best evaluation. Evaluation does not change training (tested), only its wall time."""
 
 
-def task_configs(tasks: list[str], steps: int, preset_name: str | None,
+def task_configs(tasks: list[str], frames: int, preset_name: str | None,
                  overrides: dict[str, object]) -> dict[str, Config]:
     """Each task's config (seed 0): the defaults, or ``preset_name``'s values for it, then ``overrides``,
-    with the evaluation curve (:data:`RECORDING`) unless an override sets it."""
-    return {env_id: Config(env_id=env_id, total_steps=steps,
-                           **{**RECORDING, **(preset(preset_name, env_id) if preset_name else {}), **overrides})
-            for env_id in tasks}
+    with the evaluation curve (:data:`RECORDING`) unless an override sets it. Every task gets the same
+    budget of ``frames`` environment steps: ``total_steps`` (the agent's) is ``frames // action_repeat``."""
+    configs = {}
+    for env_id in tasks:
+        values = {**RECORDING, **(preset(preset_name, env_id) if preset_name else {}), **overrides}
+        values["total_steps"] = frames // int(values.get("action_repeat", 1))
+        configs[env_id] = Config(env_id=env_id, **values)
+    return configs
 
 
 def seed_jobs(runs: Path, name: str, configs: dict[str, Config], seeds: range) -> list[SeedJob]:
@@ -156,7 +163,8 @@ def train_all(jobs: list[SeedJob], workers: int) -> int:
 def evaluate_all(run_folders: list[Path], episodes: int) -> None:
     for folder in run_folders:
         stale = [d for d in seed_dirs(folder) if not (d / EVAL_FILE).is_file()
-                 or (d / EVAL_FILE).stat().st_mtime < (d / CHECKPOINT_FILE).stat().st_mtime]
+                 or (d / EVAL_FILE).stat().st_mtime < (d / CHECKPOINT_FILE).stat().st_mtime
+                 or json.loads((d / EVAL_FILE).read_text()).get("episodes") != episodes]
         if not stale:
             print(f"eval: {folder} is evaluated")
             continue
@@ -180,16 +188,20 @@ def summarise(run_folders: list[Path], results: Path, configs: dict[str, Config]
             last = progress.iloc[-1]
             curve = (pd.read_csv(seed_dir / EVALUATIONS_FILE)["mean"] if (seed_dir / EVALUATIONS_FILE).is_file()
                      else pd.Series(dtype=float))
-            env_id = json.loads((seed_dir / CONFIG_FILE).read_text())["env_id"]  # a folder name has no "/"
+            config = json.loads((seed_dir / CONFIG_FILE).read_text())
+            env_id, repeat = config["env_id"], int(config.get("action_repeat", 1))  # a folder name has no "/"
             seeds.append({"env": env_id, "seed": int(seed_dir.name.split("_")[1]),
                           "eval_mean": evaluation["mean"], "eval_std": evaluation["std"],
+                          "eval_episodes": evaluation["episodes"],
                           "last_evaluation": curve.iloc[-1] if len(curve) else np.nan,
                           "best_evaluation": curve.max() if len(curve) else np.nan,
-                          "steps": int(last["global_step"]), "wall_time_s": float(last["time_s"]),
+                          "steps": int(last["global_step"]), "frames": int(last["global_step"]) * repeat,
+                          "wall_time_s": float(last["time_s"]),
                           "sps": float(last["global_step"]) / float(last["time_s"])})
     per_seed = pd.DataFrame(seeds)
     atomic_write_text(results / "seeds.csv", per_seed.to_csv(index=False, float_format="%.6g"))
-    timing = per_seed.groupby("env").agg(wall_time_s=("wall_time_s", "median"), sps=("sps", "median"))
+    timing = per_seed.groupby("env").agg(wall_time_s=("wall_time_s", "median"), sps=("sps", "median"),
+                                         eval_episodes=("eval_episodes", "min"))
     summary = plotted.summary.join(timing, on="env")
     summary["target"] = summary["env"].map(lambda env_id: TARGETS.get(task_family(env_id)))
     atomic_write_text(results / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
@@ -226,9 +238,11 @@ def main() -> None:
     parser.add_argument("--tasks", default=None, help="comma-separated env ids or aliases [default: the suite's]")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0, help="train seeds FIRST, FIRST + 1, ...")
-    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--steps", type=int, default=1_000_000,
+                        help="environment frames per seed: the agent's steps times --action-repeat")
     parser.add_argument("--jobs", type=int, default=2, help="seed runs trained at once (processes)")
-    parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per checkpoint")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="evaluation episodes per checkpoint [default: 10 on mujoco, 50 on dmc]")
     parser.add_argument("--name", default="default", help="run name (folder under RUNS/<env id>/)")
     parser.add_argument("--runs", type=Path, default=Path("results/benchmark"), help="training output (not committed)")
     parser.add_argument("--results", type=Path, default=None,
@@ -240,7 +254,8 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true", help="only evaluate and summarise")
     args = parser.parse_args()
 
-    suite_tasks, suite_results = SUITES[args.suite]
+    suite_tasks, suite_results, suite_episodes = SUITES[args.suite]
+    episodes = args.episodes or suite_episodes
     names = args.tasks.split(",") if args.tasks else suite_tasks
     try:
         tasks = [resolve_env_id(t.strip()) for t in names if t.strip()]
@@ -260,7 +275,7 @@ def main() -> None:
         if code:
             print("some seeds did not finish; run the same command again to resume them", file=sys.stderr)
             raise SystemExit(code)
-    evaluate_all(folders, args.episodes)
+    evaluate_all(folders, episodes)
     summary = summarise(folders, results, configs)
     columns = ["env", "seeds", "eval_iqm", "eval_iqm_ci_low", "eval_iqm_ci_high", "eval_mean", "eval_std",
                "evaluation_last_iqm", "evaluation_best_iqm",

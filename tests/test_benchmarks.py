@@ -41,6 +41,13 @@ def test_mujoco_suite_trains_evaluates_summarises_and_resumes(tmp_path):
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "every seed has finished" in again.stdout and "is evaluated" in again.stdout
+    assert (seeds["eval_episodes"] == 2).all() and summary.loc[0, "eval_episodes"] == 2
+
+    more = subprocess.run(command + ["--skip-train", "--episodes", "3"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)  # the last --episodes wins
+    assert more.returncode == 0 and "is evaluated" not in more.stdout, more.stderr[-2000:]
+    assert (pd.read_csv(tmp_path / "res" / "seeds.csv")["eval_episodes"] == 3).all()
+    assert pd.read_csv(tmp_path / "res" / "summary.csv").loc[0, "eval_episodes"] == 3
 
     changed = subprocess.run(command[:-1] + ["hidden_sizes=32,32"], cwd=ROOT, capture_output=True, text=True,
                              timeout=300)
@@ -59,7 +66,9 @@ def test_the_dmc_suite_runs_dmc_tasks_by_name_with_their_targets(tmp_path):
     assert summary.loc[0, "env"] == "dm_control/cartpole-swingup-v0" and summary.loc[0, "target"] == 800
     for column in ("eval_iqm", "final_mean", "wall_time_s", "sps"):  # the id's "/" is not in its folder's name
         assert pd.notna(summary.loc[0, column]), column
-    assert pd.read_csv(tmp_path / "res" / "seeds.csv").loc[0, "env"] == "dm_control/cartpole-swingup-v0"
+    seed = pd.read_csv(tmp_path / "res" / "seeds.csv").loc[0]
+    assert seed["env"] == "dm_control/cartpole-swingup-v0"
+    assert (seed["steps"], seed["frames"]) == (1024, 4096)  # --steps counts frames: 4096 / action repeat 4
 
 
 def test_mujoco_suite_rejects_an_unknown_override():
@@ -81,6 +90,8 @@ def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
     assert record["per_task"] == {"Hopper-v4": {"gae_lambda": 0.95}, "Walker2d-v4": {"gae_lambda": 0.9}}
     assert "gae_lambda" not in record and record["lr"] == 1e-4 and record["total_steps"] == 4096
     assert "per_task" not in mujoco_suite.config_record({"Hopper-v4": configs["Hopper-v4"]})
+    repeated = mujoco_suite.task_configs(["Hopper-v4"], 1_000_000, None, {"action_repeat": 3})["Hopper-v4"]
+    assert (repeated.total_steps, repeated.action_repeat) == (333_333, 3)  # the same frames for every task
     dmc = mujoco_suite.task_configs(["dm_control/walker-run-v0", "dm_control/walker-walk-v0"], 4096, "tuned", {})
     assert mujoco_suite.config_record(dmc)["per_task"] == {"dm_control/walker-run-v0": {"hidden_sizes": [256, 256]},
                                                            "dm_control/walker-walk-v0": {"hidden_sizes": [64, 64]}}
