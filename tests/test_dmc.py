@@ -148,14 +148,17 @@ def test_eval_renders_a_dmc_task_headless_with_MUJOCO_GL_unset(tmp_path):
 
 
 @needs_dmc
-def test_the_tuned_preset_widens_the_networks_on_the_benchmarked_dmc_tasks_only(tmp_path):
+def test_the_tuned_preset_changes_the_benchmarked_dmc_tasks_only(tmp_path):
     """By either name; an option given beside the preset still wins; cartpole-swingup keeps the defaults."""
     small = [a for a in SMALL if a not in ("--hidden-sizes", "16,16")]
-    cases = (("dmc:cheetah-run", [], [256, 256]), ("dm_control/cheetah-run-v0", ["--hidden-sizes", "32,32"], [32, 32]),
-             ("dmc:cartpole-swingup", [], [64, 64]))
-    for k, (name, given, sizes) in enumerate(cases):
+    cases = (("dmc:cheetah-run", [], [256, 256], -0.5),
+             ("dm_control/cheetah-run-v0", ["--hidden-sizes", "32,32"], [32, 32], -0.5),
+             ("dmc:reacher-hard", ["--init-log-std", "-1"], [256, 256], -1.0),
+             ("dmc:finger-spin", [], [64, 64], 0.0), ("dmc:cartpole-swingup", [], [64, 64], -0.5))
+    for k, (name, given, sizes, log_std) in enumerate(cases):
         result = invoke("train", name, "--preset", "tuned", "--total-steps", "128", "--out", tmp_path,
                         "--run-name", f"run{k}", *small, *given)
         assert result.exit_code == 0, result.output
         (config,) = tmp_path.glob(f"*/run{k}/seed_0/config.json")
-        assert json.loads(config.read_text())["hidden_sizes"] == sizes, name
+        saved = json.loads(config.read_text())
+        assert (saved["hidden_sizes"], saved["init_log_std"]) == (sizes, log_std), name
