@@ -51,6 +51,9 @@ class Config:
     num_steps: int = _opt(32, "Steps per environment in each rollout.")
     action_repeat: int = _opt(1, "Hold each action for this many environment steps, summing their rewards and "
                                  "stopping at an episode end (a frame skip); steps count the agent's actions.")
+    stagger_resets: bool = _opt(False, "Cut each environment's first episode at a random step up to its time limit "
+                                       "(a truncation, bootstrapped; its return is not logged), so that episodes "
+                                       "of one fixed length (DMC) do not all restart on the same step.")
     # returns and advantages
     gamma: float = _opt(0.99, "Discount factor, in (0, 1].")
     gae_lambda: float = _opt(0.95, "GAE lambda, in (0, 1].")
@@ -178,6 +181,9 @@ class Config:
         if self.action_repeat > 1 and self.backend == "envpool":
             raise ConfigError(("action_repeat", "backend"), f"action_repeat {self.action_repeat} needs the gymnasium "
                                                             f"backend (envpool steps its own environments)")
+        if self.stagger_resets and self.backend == "envpool":
+            raise ConfigError(("stagger_resets", "backend"), "stagger_resets needs the gymnasium backend (envpool "
+                                                             "resets its own environments)")
         if self.update not in UPDATES:
             raise ConfigError("update", f"update must be {', '.join(UPDATES)}, got {self.update!r}")
         if self.compile and self.update == "fused":
@@ -232,7 +238,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
               "dm_control/cheetah-run": {"hidden_sizes": (256, 256)},
               "dm_control/walker-run": {"hidden_sizes": (256, 256)},
               "dm_control/finger-spin": {"init_log_std": 0.0},
-              "dm_control/reacher-hard": {"hidden_sizes": (256, 256), "init_log_std": 0.0}},
+              "dm_control/reacher-hard": {"hidden_sizes": (256, 256), "init_log_std": 0.0},
+              "dm_control/walker-walk": {"stagger_resets": True},
+              "dm_control/cartpole-swingup": {"stagger_resets": True}},
 }
 
 

@@ -38,6 +38,7 @@ import copy
 import difflib
 import importlib
 import inspect
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -255,6 +256,17 @@ def _peel(env: gym.Env) -> tuple[gym.Env, int | None]:
     return env, max_steps
 
 
+def time_limit(env: gym.Env) -> int | None:
+    """Frames after which an episode of ``env`` is truncated: its ``TimeLimit``'s, or the step limit of the
+    dm_control environment inside Shimmy's; None where neither is found."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, TimeLimit):
+            return int(env._max_episode_steps)
+        env = env.env
+    limit = getattr(getattr(env, "_env", None), "_step_limit", None)
+    return int(limit) if isinstance(limit, (int, float)) and math.isfinite(limit) else None
+
+
 def rng_state(env: gym.Env) -> Any:
     """The state of the generator an environment draws its next episode's start from.
 
@@ -288,7 +300,8 @@ class EnvBatch:
     Raw (unfiltered) episode returns and lengths of finished episodes collect in ``finished``.
     """
 
-    def __init__(self, env_id: str, num_envs: int, seeds: list[int], action_repeat: int = 1) -> None:
+    def __init__(self, env_id: str, num_envs: int, seeds: list[int], action_repeat: int = 1,
+                 stagger: bool = False) -> None:
         if len(seeds) != num_envs:
             raise ValueError(f"need {num_envs} seeds, got {len(seeds)}")
         made = [make_env(env_id, action_repeat=action_repeat) for _ in range(num_envs)]
@@ -317,6 +330,16 @@ class EnvBatch:
         self.episode_start: list[dict[str, Any]] = [{"seed": s, "rng": None} for s in self.seeds]
         self.episode_actions: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
         self.exact = True
+        # --stagger-resets: environment i's first episode is cut after cuts[i] steps, drawn from its seed
+        self.stagger = stagger
+        self.cuts = np.zeros(num_envs, dtype=np.int64)
+        if stagger:
+            limit = time_limit(made[0])
+            if limit is None:
+                raise EnvError(f"--stagger-resets cuts first episodes within the time limit, and {env_id} has none")
+            horizon = -(-limit // action_repeat)  # the agent's steps in a full episode
+            self.cuts[:] = [np.random.default_rng([s, 1]).integers(1, horizon + 1) for s in self.seeds]
+        self.first = np.full(num_envs, stagger)  # still in the first episode (only matters with stagger)
 
     def reset(self) -> np.ndarray:
         """First reset, seeding each environment; returns observations ``(num_envs, obs_dim)``."""
@@ -326,6 +349,7 @@ class EnvBatch:
             self.episode_actions[i] = []
         self.episode_return[:] = 0.0
         self.episode_length[:] = 0
+        self.first[:] = self.stagger
         return self.obs
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -351,12 +375,16 @@ class EnvBatch:
             self.episode_length[i] = length
             if max_steps is not None and length >= max_steps:
                 truncated = True
+            cut = self.first[i] and length >= self.cuts[i] and not (terminated or truncated)
+            truncated = truncated or cut
             self.rewards[i] = reward
             self.terminated[i] = terminated
             self.truncated[i] = truncated and not terminated
             if terminated or truncated:
                 self.final_obs[i] = obs
-                self.finished.append((float(self.episode_return[i]), int(length)))
+                if not cut:  # a cut first episode is not one of the task's episodes
+                    self.finished.append((float(self.episode_return[i]), int(length)))
+                self.first[i] = False
                 self.episode_return[i] = 0.0
                 self.episode_length[i] = 0
                 self.episode_start[i] = {"seed": None, "rng": rng_state(env)}
@@ -370,7 +398,8 @@ class EnvBatch:
         shape = () if self.spaces.discrete else (self.spaces.act_dim,)
         dtype = np.int64 if self.spaces.discrete else np.float64
         actions = [np.array(a, dtype=dtype).reshape((len(a),) + shape) for a in self.episode_actions]
-        return {"episode_start": copy.deepcopy(self.episode_start), "actions": actions, "obs": self.obs.copy()}
+        return {"episode_start": copy.deepcopy(self.episode_start), "actions": actions, "obs": self.obs.copy(),
+                "first": self.first.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Bring every environment to the saved point of its episode by resetting and replaying."""
@@ -392,6 +421,7 @@ class EnvBatch:
             self.episode_length[i] = len(actions)
             self.episode_start[i] = dict(start)
             self.episode_actions[i] = actions
+        self.first[:] = state.get("first", False)  # a checkpoint from before --stagger-resets: no cut
         self.exact = bool(np.array_equal(self.obs, np.asarray(state["obs"])))
 
     def close(self) -> None:
@@ -416,12 +446,12 @@ def check_backend(env_id: str, backend: str) -> None:
 
 
 def make_env_batch(env_id: str, num_envs: int, seeds: list[int], backend: str = "gymnasium",
-                   action_repeat: int = 1) -> EnvBatch | EnvPoolBatch:
+                   action_repeat: int = 1, stagger: bool = False) -> EnvBatch | EnvPoolBatch:
     """The environment batch of a training run: Gymnasium environments in one loop, or envpool."""
     if backend == "envpool":
         check_backend(env_id, backend)
         return EnvPoolBatch(env_id, num_envs, seeds[0] % 2**31)  # envpool takes an int32 seed
-    return EnvBatch(env_id, num_envs, seeds, action_repeat)
+    return EnvBatch(env_id, num_envs, seeds, action_repeat, stagger)
 
 
 class EnvPoolBatch:

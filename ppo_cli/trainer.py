@@ -339,7 +339,8 @@ def _start(config: Config, run_dir: Path, resume: bool) -> _Run:
         raise ValueError(f"{checkpoint_path} was trained with another config; only total_steps may change")
 
     seeds = _Seeds.from_seed(config.seed, config.num_envs)
-    envs = make_env_batch(config.env_id, config.num_envs, seeds.env_seeds, config.backend, config.action_repeat)
+    envs = make_env_batch(config.env_id, config.num_envs, seeds.env_seeds, config.backend, config.action_repeat,
+                          config.stagger_resets)
     spaces = envs.spaces
     agent = ActorCritic(spaces.obs_dim, spaces.act_dim, config.hidden_sizes, spaces.discrete, seeds.torch_seed,
                         config.init_log_std)
