@@ -216,6 +216,15 @@ def probe_spaces(env_id: str) -> EnvSpaces:
         env.close()
 
 
+def check_horizon(env_id: str, action_repeat: int) -> int:
+    """Build one environment of ``env_id`` to find its :func:`episode_horizon`."""
+    env = make_env(env_id, action_repeat=action_repeat)
+    try:
+        return episode_horizon(env, env_id, action_repeat)
+    finally:
+        env.close()
+
+
 @dataclass(frozen=True)
 class EnvSpaces:
     """What the agent needs to know of an environment."""
@@ -265,6 +274,16 @@ def time_limit(env: gym.Env) -> int | None:
         env = env.env
     limit = getattr(getattr(env, "_env", None), "_step_limit", None)
     return int(limit) if isinstance(limit, (int, float)) and math.isfinite(limit) else None
+
+
+def episode_horizon(env: gym.Env, env_id: str, action_repeat: int = 1) -> int:
+    """The agent's steps in an episode that runs to the time limit (the frames held ``action_repeat`` at a
+    time); an :class:`EnvError` where ``env`` declares no limit, which ``--stagger-resets`` needs."""
+    limit = time_limit(env)
+    if limit is None:
+        raise EnvError(f"--stagger-resets cuts first episodes within the time limit, and {env_id} declares none "
+                       f"(wrap it in gymnasium.wrappers.TimeLimit)")
+    return -(-limit // action_repeat)
 
 
 def rng_state(env: gym.Env) -> Any:
@@ -334,10 +353,7 @@ class EnvBatch:
         self.stagger = stagger
         self.cuts = np.zeros(num_envs, dtype=np.int64)
         if stagger:
-            limit = time_limit(made[0])
-            if limit is None:
-                raise EnvError(f"--stagger-resets cuts first episodes within the time limit, and {env_id} has none")
-            horizon = -(-limit // action_repeat)  # the agent's steps in a full episode
+            horizon = episode_horizon(made[0], env_id, action_repeat)
             self.cuts[:] = [np.random.default_rng([s, 1]).integers(1, horizon + 1) for s in self.seeds]
         self.first = np.full(num_envs, stagger)  # still in the first episode (only matters with stagger)
 

@@ -89,7 +89,7 @@ def plan_new_run(env: str, num_seeds: int, out_dir: Path, run_name: str | None, 
     ``ConfigError`` into a message naming the flags).
     """
     from ppo_cli.checkpoint import required_bytes
-    from ppo_cli.envs import EnvError, check_backend, probe_spaces, resolve_env_id
+    from ppo_cli.envs import EnvError, check_backend, check_horizon, probe_spaces, resolve_env_id
     from ppo_cli.monitor import check_recorders
 
     try:
@@ -105,6 +105,11 @@ def plan_new_run(env: str, num_seeds: int, out_dir: Path, run_name: str | None, 
         values = {**values, **{k: v for k, v in preset(preset_name, env_id).items() if k not in given}}
     config = build({"env_id": env_id, **values})
     check_recorders(config)
+    if config.stagger_resets:
+        try:
+            check_horizon(env_id, config.action_repeat)
+        except EnvError as exc:
+            raise PlanError(str(exc), "--stagger-resets") from None
     if config.update == "fused" and spaces.discrete:
         raise PlanError(f"--update fused computes Gaussian policies, and {env_id} has discrete actions; use "
                         f"--update autograd (or auto)", "--update")

@@ -100,7 +100,7 @@ def plan_sweep(envs: Sequence[str], axes: Sequence[Axis], seeds: Sequence[int], 
     ``values``: every config field's value (defaults and fixed options); ``given``: the fields
     typed on the command line (they win over the preset); grid values win over both.
     """
-    from ppo_cli.envs import EnvError, probe_spaces, resolve_env_id
+    from ppo_cli.envs import EnvError, check_horizon, probe_spaces, resolve_env_id
     from ppo_cli.monitor import check_recorders
 
     if not axes:
@@ -126,6 +126,11 @@ def plan_sweep(envs: Sequence[str], axes: Sequence[Axis], seeds: Sequence[int], 
             except UserError as exc:
                 raise UserError(f"grid point {name} on {env_id}: {exc}", exc.param, exc.usage) from None
             check_recorders(config)
+            if config.stagger_resets:
+                try:
+                    check_horizon(env_id, config.action_repeat)
+                except EnvError as exc:
+                    raise UserError(f"grid point {name}: {exc}", "--stagger-resets") from None
             if config.update == "fused" and spaces.discrete:
                 raise UserError(f"grid point {name}: --update fused computes Gaussian policies, and {env_id} "
                                 f"has discrete actions", "--update")

@@ -120,3 +120,8 @@ def exits():
     import sys
 
     sys.exit(0)
+
+
+def point_with_time_limit() -> gym.Env:
+    """PointEnv inside gymnasium's TimeLimit of 20 steps: a declared time limit (PointEnv's own 50 is not one)."""
+    return gym.wrappers.TimeLimit(PointEnv(), max_episode_steps=20)

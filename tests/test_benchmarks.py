@@ -92,9 +92,15 @@ def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
     assert "per_task" not in mujoco_suite.config_record({"Hopper-v4": configs["Hopper-v4"]})
     repeated = mujoco_suite.task_configs(["Hopper-v4"], 1_000_000, None, {"action_repeat": 3})["Hopper-v4"]
     assert (repeated.total_steps, repeated.action_repeat) == (333_333, 3)  # the same frames for every task
-    dmc = mujoco_suite.task_configs(["dm_control/walker-run-v0", "dm_control/walker-walk-v0"], 4096, "tuned", {})
-    assert mujoco_suite.config_record(dmc)["per_task"] == {"dm_control/walker-run-v0": {"hidden_sizes": [256, 256]},
-                                                           "dm_control/walker-walk-v0": {"hidden_sizes": [64, 64]}}
+    dmc = mujoco_suite.task_configs(["dm_control/walker-run-v0", "dm_control/cartpole-swingup-v0"], 4096, "tuned", {})
+    assert mujoco_suite.config_record(dmc)["per_task"] == {
+        "dm_control/walker-run-v0": {"hidden_sizes": [256, 256], "stagger_resets": False},
+        "dm_control/cartpole-swingup-v0": {"hidden_sizes": [64, 64], "stagger_resets": True}}
+    assert configs["Hopper-v4"].eval_interval == 10  # the evaluation curve, every 10 iterations on MuJoCo
+    interval = mujoco_suite.SUITES["dmc"][3]
+    assert interval == 50 and mujoco_suite.task_configs(["dm_control/walker-walk-v0"], 4096, None, {},
+                                                        interval)["dm_control/walker-walk-v0"].eval_interval == 50
+    assert mujoco_suite.task_configs(["Hopper-v4"], 4096, None, {"eval_interval": 0}, 50)["Hopper-v4"].eval_interval == 0
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from ppo_cli import dmc
 from ppo_cli.checkpoint import load_checkpoint
 from ppo_cli.cli import cli
-from ppo_cli.envs import make_env, resolve_env_id
+from ppo_cli.envs import EnvBatch, make_env, resolve_env_id, time_limit
 from tests.conftest import interrupt_at_update, same_rows
 from tests.test_trust import env_without_display, ppo
 
@@ -112,6 +112,23 @@ def test_episodes_end_at_dmcs_time_limit_as_a_truncation():
 
 
 @needs_dmc
+def test_stagger_resets_finds_dmcs_time_limit_and_cuts_first_episodes_within_it():
+    """dm_control's own step limit (1000 frames, no TimeLimit wrapper): 125 steps with a repeat of 8."""
+    assert time_limit(make_env("dm_control/cartpole-swingup-v0")) == 1000
+    batch = EnvBatch("dm_control/cartpole-swingup-v0", 6, list(range(6)), action_repeat=8, stagger=True)
+    cuts = batch.cuts.tolist()
+    assert all(1 <= c <= 125 for c in cuts) and len(set(cuts)) > 1
+    batch.reset()
+    ends: list[list[int]] = [[] for _ in cuts]
+    for step in range(1, 261):
+        _, _, terminated, truncated, _ = batch.step(np.zeros((6, 1)))
+        assert not terminated.any()
+        for i in np.flatnonzero(truncated):
+            ends[i].append(step)
+    assert ends == [[c, c + 125] + ([c + 250] if c <= 10 else []) for c in cuts]
+
+
+@needs_dmc
 def test_a_dmc_run_trains_resumes_exactly_and_evaluates_with_the_registered_id(tmp_path, monkeypatch):
     """cartpole-swingup with --action-repeat 4: episodes of 250 steps end inside the run, so the
     checkpoint of step 512 is mid-episode in an episode begun from dm_control's RandomState."""
@@ -149,12 +166,12 @@ def test_eval_renders_a_dmc_task_headless_with_MUJOCO_GL_unset(tmp_path):
 
 @needs_dmc
 def test_the_tuned_preset_changes_the_benchmarked_dmc_tasks_only(tmp_path):
-    """By either name; an option given beside the preset still wins; cartpole-swingup keeps the defaults."""
+    """By either name; an option given beside the preset still wins; walker-walk keeps the defaults."""
     small = [a for a in SMALL if a not in ("--hidden-sizes", "16,16")]
     cases = (("dmc:cheetah-run", [], [256, 256], -0.5),
              ("dm_control/cheetah-run-v0", ["--hidden-sizes", "32,32"], [32, 32], -0.5),
              ("dmc:reacher-hard", ["--init-log-std", "-1"], [256, 256], -1.0),
-             ("dmc:finger-spin", [], [64, 64], 0.0), ("dmc:cartpole-swingup", [], [64, 64], -0.5))
+             ("dmc:finger-spin", [], [64, 64], 0.0), ("dmc:walker-walk", [], [64, 64], -0.5))
     for k, (name, given, sizes, log_std) in enumerate(cases):
         result = invoke("train", name, "--preset", "tuned", "--total-steps", "128", "--out", tmp_path,
                         "--run-name", f"run{k}", *small, *given)
@@ -162,3 +179,11 @@ def test_the_tuned_preset_changes_the_benchmarked_dmc_tasks_only(tmp_path):
         (config,) = tmp_path.glob(f"*/run{k}/seed_0/config.json")
         saved = json.loads(config.read_text())
         assert (saved["hidden_sizes"], saved["init_log_std"]) == (sizes, log_std), name
+        assert saved["stagger_resets"] is False, name
+    for given, stagger in (([], True), (["--no-stagger-resets"], False)):  # cartpole-swingup: staggered resets
+        result = invoke("train", "dmc:cartpole-swingup", "--preset", "tuned", "--total-steps", "128", "--out",
+                        tmp_path, "--run-name", f"cartpole{stagger}", *small, *given)
+        assert result.exit_code == 0, result.output
+        (config,) = tmp_path.glob(f"*/cartpole{stagger}/seed_0/config.json")
+        saved = json.loads(config.read_text())
+        assert (saved["hidden_sizes"], saved["stagger_resets"]) == ([64, 64], stagger)

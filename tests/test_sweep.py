@@ -49,6 +49,8 @@ def progress(seed_dir: Path) -> pd.DataFrame:
     (["--grid", "lr=1e-3", "--lr", "1e-4"], "--lr is both a fixed option and a grid axis"),
     ([], "a sweep needs a grid: --grid NAME=V1,V2,..."),
     (["--grid", "update=fused,turbo"], "'turbo' is not one of 'auto', 'fused', 'autograd'"),
+    (["--grid", "stagger_resets=false,true"], "grid point stagger_resets=true: --stagger-resets cuts first episodes "
+                                              "within the time limit, and tests.fake_envs:PointEnv declares none"),
 ])
 def test_grid_mistakes_are_one_error_and_start_nothing(tmp_path, args, message):
     result = invoke("sweep", POINT, *TINY, *args, "--out", tmp_path)
