@@ -21,7 +21,7 @@ name would shadow the ``mujoco`` package.)
    ``eval.json`` beside each checkpoint; N is 10 on MuJoCo and 50 on DMC, whose episodes are
    bimodal (reacher-hard reaches its target or scores 0, walker-walk walks or falls), where 10
    episodes leave a standard error of about 130 on a seed's mean (reacher-hard). A checkpoint
-   evaluated with another number of episodes is evaluated again.
+   evaluated with another number of episodes, or whose eval.json is unreadable, is evaluated again.
 3. **summarise** with ``ppo plot``'s library call: the figure (return, the evaluation curve and
    diagnostics across seeds, one column per task) and per task: seeds, IQM of the evaluation
    return with its 95% stratified-bootstrap interval, mean +- std, the final training return
@@ -160,11 +160,22 @@ def train_all(jobs: list[SeedJob], workers: int) -> int:
     return 0 if all(result.status == "finished" for result in results) else 1
 
 
+def evaluated_episodes(seed_dir: Path) -> int | None:
+    """The episodes of the seed's ``eval.json`` where it is newer than the checkpoint; None where it is
+    missing, older, or not a readable evaluation (then the checkpoint is evaluated again)."""
+    path = seed_dir / EVAL_FILE
+    try:
+        if path.stat().st_mtime < (seed_dir / CHECKPOINT_FILE).stat().st_mtime:
+            return None
+        episodes = json.loads(path.read_text()).get("episodes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return episodes if isinstance(episodes, int) else None
+
+
 def evaluate_all(run_folders: list[Path], episodes: int) -> None:
     for folder in run_folders:
-        stale = [d for d in seed_dirs(folder) if not (d / EVAL_FILE).is_file()
-                 or (d / EVAL_FILE).stat().st_mtime < (d / CHECKPOINT_FILE).stat().st_mtime
-                 or json.loads((d / EVAL_FILE).read_text()).get("episodes") != episodes]
+        stale = [d for d in seed_dirs(folder) if evaluated_episodes(d) != episodes]
         if not stale:
             print(f"eval: {folder} is evaluated")
             continue
@@ -231,6 +242,17 @@ def config_record(configs: dict[str, Config]) -> dict[str, object]:
     return {**shared, "per_task": per_task} if any(per_task.values()) else shared
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=sorted(SUITES), default="mujoco",
@@ -241,7 +263,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000_000,
                         help="environment frames per seed: the agent's steps times --action-repeat")
     parser.add_argument("--jobs", type=int, default=2, help="seed runs trained at once (processes)")
-    parser.add_argument("--episodes", type=int, default=None,
+    parser.add_argument("--episodes", type=positive, default=None,
                         help="evaluation episodes per checkpoint [default: 10 on mujoco, 50 on dmc]")
     parser.add_argument("--name", default="default", help="run name (folder under RUNS/<env id>/)")
     parser.add_argument("--runs", type=Path, default=Path("results/benchmark"), help="training output (not committed)")

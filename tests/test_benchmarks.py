@@ -49,6 +49,12 @@ def test_mujoco_suite_trains_evaluates_summarises_and_resumes(tmp_path):
     assert (pd.read_csv(tmp_path / "res" / "seeds.csv")["eval_episodes"] == 3).all()
     assert pd.read_csv(tmp_path / "res" / "summary.csv").loc[0, "eval_episodes"] == 3
 
+    (tmp_path / "runs" / "InvertedPendulum-v5" / "default" / "seed_1" / "eval.json").write_text("{\"epis")
+    damaged = subprocess.run(command + ["--skip-train", "--episodes", "3"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)  # a damaged eval.json is evaluated again, no traceback
+    assert damaged.returncode == 0 and "Traceback" not in damaged.stderr, damaged.stderr[-2000:]
+    assert (pd.read_csv(tmp_path / "res" / "seeds.csv")["eval_episodes"] == 3).all()
+
     changed = subprocess.run(command[:-1] + ["hidden_sizes=32,32"], cwd=ROOT, capture_output=True, text=True,
                              timeout=300)
     assert changed.returncode != 0 and "another config" in changed.stderr
@@ -75,6 +81,10 @@ def test_mujoco_suite_rejects_an_unknown_override():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mujoco_suite.py"), "--set", "lr_typo=1",
                              "--skip-train"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "lr_typo" in result.stderr and "init_log_std" in result.stderr
+    for bad in ("0", "-3", "ten"):
+        result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mujoco_suite.py"), "--episodes", bad,
+                                 "--skip-train"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and f"argument --episodes: {bad!r} is not a positive integer" in result.stderr
 
 
 def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
