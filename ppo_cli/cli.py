@@ -297,7 +297,8 @@ def _check_resume_options(ctx: click.Context) -> None:
 
 @cli.command(name="eval")
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
-@click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True, help="Episodes per checkpoint.")
+@click.option("--episodes", type=click.IntRange(min=1), default=None,
+              help="Episodes per checkpoint [default: 10; 50 on DMC tasks, whose episodes are bimodal].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the first reset.")
 @click.option("--deterministic/--stochastic", default=True, show_default=True,
               help="Mean (or most likely) action, or sample from the policy.")
@@ -318,7 +319,7 @@ def _check_resume_options(ctx: click.Context) -> None:
 @click.option("--best", is_flag=True,
               help="Evaluate each seed's best.pt (the best evaluation during training) instead of checkpoint.pt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of tables.")
-def eval_command(checkpoint: Path, episodes: int, seed: int, deterministic: bool, env_name: str | None,
+def eval_command(checkpoint: Path, episodes: int | None, seed: int, deterministic: bool, env_name: str | None,
                  trust_env: bool, render: bool, video: Path | None, fps: float | None, frames: int | None,
                  best: bool, as_json: bool) -> None:
     """Evaluate CHECKPOINT with its own observation statistics and report raw returns.
@@ -512,14 +513,14 @@ _SWEEP_RESUME_COMPANIONS = {"resume_from", "jobs", "quiet", "trust_env", "ray_ad
 @click.option("--trust-env", is_flag=True, help="With --resume: build 'module:attr' environments the sweep names.")
 @click.option("--eval", "with_eval", is_flag=True,
               help="Evaluate every final checkpoint (as `ppo eval`) and rank by the evaluation IQM.")
-@click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True,
-              help="With --eval: episodes per checkpoint.")
+@click.option("--episodes", type=click.IntRange(min=1), default=None,
+              help="With --eval: episodes per checkpoint [default: 10; 50 on DMC tasks].")
 @click.option("--quiet", is_flag=True, help="Plain lines instead of the live display.")
 @click.pass_context
 def sweep_command(ctx: click.Context, envs: str | None, grids: tuple[str, ...], spec: Path | None,
                   num_seeds: int | None, jobs: int | None, out_dir: Path, sweep_name: str | None,
                   preset_name: str | None, ray_address: str | None, resume_from: Path | None, trust_env: bool,
-                  with_eval: bool, episodes: int, quiet: bool, **values: Any) -> None:
+                  with_eval: bool, episodes: int | None, quiet: bool, **values: Any) -> None:
     """Train a grid of `ppo train` options x ENVS x seeds, here or on a Ray cluster, and rank the points.
 
     ENVS: one environment or several, comma-separated (aliases, Gymnasium ids, 'module:attr').
@@ -588,7 +589,7 @@ def _make_sweep_dir(folder: Path) -> None:
         raise UserError(f"cannot write to {folder.parent}: {exc.strerror or exc}", "--out") from None
 
 
-def _finish_sweep(console: Console, sweep_dir: Path, with_eval: bool, episodes: int, stop: Any,
+def _finish_sweep(console: Console, sweep_dir: Path, with_eval: bool, episodes: int | None, stop: Any,
                   print_ranking: Callable[..., None]) -> None:
     """Evaluate (with --eval) and rank what the sweep holds; print the ranking."""
     from ppo_cli.plots.data import PlotError
@@ -597,7 +598,8 @@ def _finish_sweep(console: Console, sweep_dir: Path, with_eval: bool, episodes: 
     if with_eval and not stop.requested:
         with _user_errors():
             evaluated = evaluate_checkpoints(sweep_dir, episodes)
-        console.print(f"evaluated {evaluated} checkpoint(s), {episodes} episodes each", highlight=False)
+        each = episodes or "10 (50 on DMC)"
+        console.print(f"evaluated {evaluated} checkpoint(s), {each} episodes each", highlight=False)
     try:
         ranking, figure, warnings = summarise(sweep_dir, with_eval)
     except PlotError as exc:

@@ -245,7 +245,7 @@ def summarise(sweep_dir: Path, with_eval: bool = False) -> tuple[pd.DataFrame, P
     return ranking, plotted.figure_path, plotted.warnings
 
 
-def evaluate_checkpoints(sweep_dir: Path, episodes: int) -> int:
+def evaluate_checkpoints(sweep_dir: Path, episodes: int | None) -> int:
     """``ppo eval`` (deterministic, seed 0) of every final checkpoint whose ``eval.json`` is missing or older;
     returns how many were evaluated. The environments are the sweep's own (checked when it was planned)."""
     from ppo_cli.checkpoint import CheckpointError

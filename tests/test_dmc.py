@@ -149,6 +149,8 @@ def test_a_dmc_run_trains_resumes_exactly_and_evaluates_with_the_registered_id(t
     evaluated = invoke("eval", run / "full" / "seed_0" / "checkpoint.pt", "--episodes", "1", "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.output)["lengths"] == [250]
+    evaluated = invoke("eval", run / "full" / "seed_0", "--json")  # DMC's default: 50 episodes
+    assert evaluated.exit_code == 0 and json.loads(evaluated.output)["lengths"] == [250] * 50, evaluated.output
 
 
 @needs_dmc

@@ -16,7 +16,7 @@ from ppo_cli import render
 from ppo_cli.checkpoint import load_checkpoint, save_checkpoint
 from ppo_cli.cli import cli
 from ppo_cli.envs import make_env
-from ppo_cli.evaluate import load_agent, run_episodes
+from ppo_cli.evaluate import default_episodes, load_agent, run_episodes
 from ppo_cli.layout import checkpoint_files
 from ppo_cli.wrappers import ObservationNormalizer
 from tests.conftest import LEARN_THRESHOLD, write_malicious_checkpoint
@@ -51,6 +51,12 @@ def test_eval_uses_the_saved_statistics_and_reaches_the_training_threshold(check
     assert saved_returns == data["returns"]  # same seed, same episodes
     assert np.mean(fresh_returns) != np.mean(saved_returns)
     assert np.mean(fresh_returns) < LEARN_THRESHOLD  # without its statistics the policy fails
+
+
+def test_eval_plays_10_episodes_unless_told_and_50_on_dmc(checkpoint):
+    result = invoke("eval", checkpoint, "--json")
+    assert result.exit_code == 0 and json.loads(result.output)["episodes"] == 10, result.output
+    assert default_episodes("InvertedPendulum-v5") == 10 and default_episodes("dm_control/walker-walk-v0") == 50
 
 
 def test_eval_table_and_run_folder(checkpoint):
