@@ -231,6 +231,10 @@ def _check_training_state(state: dict[str, Any], config: Config, num_params: int
                 raise _fail(path, f"envs.actions[{k}] is not a list of actions of shape {action_shape}")
             if taken.is_floating_point() and not bool(torch.isfinite(taken).all()):
                 raise _fail(path, f"envs.actions[{k}] holds NaN or infinite values")
+        first = envs.get("first")  # --stagger-resets: still in the first episode (absent before it existed)
+        if first is not None and not (isinstance(first, torch.Tensor) and first.dtype == torch.bool
+                                      and tuple(first.shape) == (config.num_envs,)):
+            raise _fail(path, f"envs.first must hold one boolean for each of the {config.num_envs} environments")
     returns, elapsed = state.get("recent_returns"), state.get("elapsed_s")
     if not isinstance(returns, list) or not all(isinstance(r, (int, float)) and math.isfinite(r) for r in returns):
         raise _fail(path, "recent_returns must be a list of finite numbers")

@@ -505,6 +505,16 @@ def test_9_resume_checks_each_environments_saved_random_state(checkpoint, rng):
     assert result.exit_code == 2 and "envs.episode_start[0] is not a seed or a generator state" in text(result)
 
 
+@pytest.mark.parametrize("first", [torch.ones(5, dtype=torch.bool), torch.zeros(1), [True], "yes"])
+def test_9_resume_checks_which_environments_are_in_their_first_episode(checkpoint, first):
+    def bad_first(state):
+        state["envs"]["first"] = first
+    craft(checkpoint, bad_first)
+    result = invoke("train", "--resume", checkpoint.parent)
+    assert result.exit_code == 2, result.output
+    assert "envs.first must hold one boolean for each of the 1 environments" in text(result)
+
+
 # ----------------------------------------------------------------------------- 10. atomic, well-placed outputs
 
 
