@@ -377,7 +377,7 @@ class EnvBatch:
         spaces = self.spaces
         if not spaces.discrete:
             actions = np.minimum(np.maximum(actions, spaces.action_low), spaces.action_high)  # np.clip, leaner
-        max_steps = self.max_episode_steps
+        max_steps, staggered = self.max_episode_steps, self.stagger and bool(self.first.any())
         for i, env in enumerate(self.envs):
             action = actions[i]
             self.episode_actions[i].append(action)
@@ -391,7 +391,7 @@ class EnvBatch:
             self.episode_length[i] = length
             if max_steps is not None and length >= max_steps:
                 truncated = True
-            cut = self.first[i] and length >= self.cuts[i] and not (terminated or truncated)
+            cut = staggered and self.first[i] and length >= self.cuts[i] and not (terminated or truncated)
             truncated = truncated or cut
             self.rewards[i] = reward
             self.terminated[i] = terminated
