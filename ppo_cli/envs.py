@@ -40,7 +40,7 @@ import importlib
 import inspect
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gymnasium as gym
@@ -211,16 +211,7 @@ def probe_spaces(env_id: str) -> EnvSpaces:
     """Build one environment of ``env_id`` to check that it builds and fits ppo; returns its spaces."""
     env = make_env(env_id)
     try:
-        return check_spaces(env, env_id)
-    finally:
-        env.close()
-
-
-def check_horizon(env_id: str, action_repeat: int) -> int:
-    """Build one environment of ``env_id`` to find its :func:`episode_horizon`."""
-    env = make_env(env_id, action_repeat=action_repeat)
-    try:
-        return episode_horizon(env, env_id, action_repeat)
+        return replace(check_spaces(env, env_id), time_limit=time_limit(env))
     finally:
         env.close()
 
@@ -234,6 +225,7 @@ class EnvSpaces:
     discrete: bool
     action_low: np.ndarray | None
     action_high: np.ndarray | None
+    time_limit: int | None = None  # frames (see :func:`time_limit`); found by :func:`probe_spaces`
 
 
 def check_spaces(env: gym.Env, env_id: str) -> EnvSpaces:
@@ -276,10 +268,9 @@ def time_limit(env: gym.Env) -> int | None:
     return int(limit) if isinstance(limit, (int, float)) and math.isfinite(limit) else None
 
 
-def episode_horizon(env: gym.Env, env_id: str, action_repeat: int = 1) -> int:
-    """The agent's steps in an episode that runs to the time limit (the frames held ``action_repeat`` at a
-    time); an :class:`EnvError` where ``env`` declares no limit, which ``--stagger-resets`` needs."""
-    limit = time_limit(env)
+def episode_horizon(limit: int | None, env_id: str, action_repeat: int = 1) -> int:
+    """The agent's steps in an episode that runs to the time limit of ``limit`` frames (held
+    ``action_repeat`` at a time); an :class:`EnvError` where there is none, which ``--stagger-resets`` needs."""
     if limit is None:
         raise EnvError(f"--stagger-resets cuts first episodes within the time limit, and {env_id} declares none "
                        f"(wrap it in gymnasium.wrappers.TimeLimit)")
@@ -353,7 +344,7 @@ class EnvBatch:
         self.stagger = stagger
         self.cuts = np.zeros(num_envs, dtype=np.int64)
         if stagger:
-            horizon = episode_horizon(made[0], env_id, action_repeat)
+            horizon = episode_horizon(time_limit(made[0]), env_id, action_repeat)
             self.cuts[:] = [np.random.default_rng([s, 1]).integers(1, horizon + 1) for s in self.seeds]
         self.first = np.full(num_envs, stagger)  # still in the first episode (only matters with stagger)
 

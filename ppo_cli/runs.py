@@ -89,7 +89,7 @@ def plan_new_run(env: str, num_seeds: int, out_dir: Path, run_name: str | None, 
     ``ConfigError`` into a message naming the flags).
     """
     from ppo_cli.checkpoint import required_bytes
-    from ppo_cli.envs import EnvError, check_backend, check_horizon, probe_spaces, resolve_env_id
+    from ppo_cli.envs import EnvError, check_backend, episode_horizon, probe_spaces, resolve_env_id
     from ppo_cli.monitor import check_recorders
 
     try:
@@ -107,7 +107,7 @@ def plan_new_run(env: str, num_seeds: int, out_dir: Path, run_name: str | None, 
     check_recorders(config)
     if config.stagger_resets:
         try:
-            check_horizon(env_id, config.action_repeat)
+            episode_horizon(spaces.time_limit, env_id, config.action_repeat)
         except EnvError as exc:
             raise PlanError(str(exc), "--stagger-resets") from None
     if config.update == "fused" and spaces.discrete:

@@ -100,7 +100,7 @@ def plan_sweep(envs: Sequence[str], axes: Sequence[Axis], seeds: Sequence[int], 
     ``values``: every config field's value (defaults and fixed options); ``given``: the fields
     typed on the command line (they win over the preset); grid values win over both.
     """
-    from ppo_cli.envs import EnvError, check_horizon, probe_spaces, resolve_env_id
+    from ppo_cli.envs import EnvError, episode_horizon, probe_spaces, resolve_env_id
     from ppo_cli.monitor import check_recorders
 
     if not axes:
@@ -128,7 +128,7 @@ def plan_sweep(envs: Sequence[str], axes: Sequence[Axis], seeds: Sequence[int], 
             check_recorders(config)
             if config.stagger_resets:
                 try:
-                    check_horizon(env_id, config.action_repeat)
+                    episode_horizon(spaces.time_limit, env_id, config.action_repeat)
                 except EnvError as exc:
                     raise UserError(f"grid point {name}: {exc}", "--stagger-resets") from None
             if config.update == "fused" and spaces.discrete:
