@@ -233,12 +233,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # the defaults, except on the tasks where other values measured better at 1M steps
     # (docs/benchmarks.md): per-task tuning like rl-zoo's, under one name. On DMC (5 seeds, 50
     # evaluation episodes each): 256 x 256 networks on cheetah-run and walker-run, an initial action
-    # std of 1 on finger-spin, both on reacher-hard, staggered resets on cartpole-swingup; walker-walk
-    # keeps the defaults
+    # std of 1 and staggered resets on finger-spin, 256 x 256 and std 1 on reacher-hard, staggered
+    # resets on cartpole-swingup; walker-walk keeps the defaults
     "tuned": {"Walker2d": {"gae_lambda": 0.9},
               "dm_control/cheetah-run": {"hidden_sizes": (256, 256)},
               "dm_control/walker-run": {"hidden_sizes": (256, 256)},
-              "dm_control/finger-spin": {"init_log_std": 0.0},
+              "dm_control/finger-spin": {"init_log_std": 0.0, "stagger_resets": True},
               "dm_control/reacher-hard": {"hidden_sizes": (256, 256), "init_log_std": 0.0},
               "dm_control/cartpole-swingup": {"stagger_resets": True}},
 }

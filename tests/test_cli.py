@@ -82,7 +82,7 @@ def test_help_spells_out_what_each_preset_sets():
 
     assert _describe_preset("tuned") == \
         "Walker2d --gae-lambda 0.9; dm_control/cheetah-run, dm_control/walker-run --hidden-sizes 256,256; " \
-        "dm_control/finger-spin --init-log-std 0.0; dm_control/reacher-hard --hidden-sizes 256,256 --init-log-std 0.0; " \
+        "dm_control/finger-spin --init-log-std 0.0 --stagger-resets; dm_control/reacher-hard --hidden-sizes 256,256 --init-log-std 0.0; " \
         "dm_control/cartpole-swingup --stagger-resets"
     assert _describe_preset("classic").startswith("any task --num-envs 1 --num-steps 2048")
     assert "--clip-vloss" in _describe_preset("classic") and "--no-recompute-adv" in _describe_preset("classic")
