@@ -48,6 +48,7 @@ import pandas as pd
 from ppo_cli.checkpoint import read_checkpoint
 from ppo_cli.config import PRESETS, Config, ConfigError, preset, task_family
 from ppo_cli.envs import resolve_env_id
+from ppo_cli.evaluate import default_episodes
 from ppo_cli.files import atomic_write_text
 from ppo_cli.launch import SeedJob, run_seeds
 from ppo_cli.layout import (CHECKPOINT_FILE, CONFIG_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRESS_FILE, LayoutError,
@@ -60,12 +61,12 @@ TARGETS = {  # evaluation IQM targets at 1M steps: the learning-quality issue's 
     "dm_control/cheetah-run": 650, "dm_control/walker-walk": 650, "dm_control/walker-run": 200,
     "dm_control/cartpole-swingup": 800, "dm_control/finger-spin": 700, "dm_control/reacher-hard": 700,
 }
-SUITES = {  # --suite NAME: its tasks, where its summaries go, evaluation episodes per checkpoint, and the
-    # iterations between evaluations during training: on DMC every 50 (about 100k frames), since each of its
-    # evaluations plays 10 whole episodes of 1000 frames (every 10 would add half the training's frames)
-    "mujoco": (TASKS, Path("benchmarks/results/mujoco"), 10, 10),
+SUITES = {  # --suite NAME: its tasks, where its summaries go, and the iterations between evaluations during
+    # training: on DMC every 50 (about 100k frames), since each of its evaluations plays 10 whole episodes of
+    # 1000 frames (every 10 would add half the training's frames)
+    "mujoco": (TASKS, Path("benchmarks/results/mujoco"), 10),
     "dmc": (("dmc:cheetah-run", "dmc:walker-walk", "dmc:walker-run", "dmc:cartpole-swingup", "dmc:finger-spin",
-             "dmc:reacher-hard"), Path("benchmarks/results/dmc"), 50, 50),
+             "dmc:reacher-hard"), Path("benchmarks/results/dmc"), 50),
 }
 
 
@@ -173,8 +174,11 @@ def evaluated_episodes(seed_dir: Path) -> int | None:
     return episodes if isinstance(episodes, int) else None
 
 
-def evaluate_all(run_folders: list[Path], episodes: int) -> None:
-    for folder in run_folders:
+def evaluate_all(run_folders: dict[str, Path], given: int | None) -> None:
+    """Evaluate each task's run folder (env id -> folder) with ``given`` episodes, or by default with as
+    many as ``ppo eval`` plays on that task (50 on DMC, 10 elsewhere)."""
+    for env_id, folder in run_folders.items():
+        episodes = given or default_episodes(env_id)
         stale = [d for d in seed_dirs(folder) if evaluated_episodes(d) != episodes]
         if not stale:
             print(f"eval: {folder} is evaluated")
@@ -264,7 +268,7 @@ def main() -> None:
                         help="environment frames per seed: the agent's steps times --action-repeat")
     parser.add_argument("--jobs", type=int, default=2, help="seed runs trained at once (processes)")
     parser.add_argument("--episodes", type=positive, default=None,
-                        help="evaluation episodes per checkpoint [default: 10 on mujoco, 50 on dmc]")
+                        help="evaluation episodes per checkpoint [default: as ppo eval, 50 on DMC tasks and 10 on others]")
     parser.add_argument("--name", default="default", help="run name (folder under RUNS/<env id>/)")
     parser.add_argument("--runs", type=Path, default=Path("results/benchmark"), help="training output (not committed)")
     parser.add_argument("--results", type=Path, default=None,
@@ -276,8 +280,7 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true", help="only evaluate and summarise")
     args = parser.parse_args()
 
-    suite_tasks, suite_results, suite_episodes, suite_interval = SUITES[args.suite]
-    episodes = args.episodes or suite_episodes
+    suite_tasks, suite_results, suite_interval = SUITES[args.suite]
     names = args.tasks.split(",") if args.tasks else suite_tasks
     try:
         tasks = [resolve_env_id(t.strip()) for t in names if t.strip()]
@@ -288,7 +291,7 @@ def main() -> None:
     except ConfigError as exc:
         raise SystemExit(f"--set: {exc}") from None
     results = args.results or suite_results / args.name
-    folders = [args.runs / env_folder(env_id) / args.name for env_id in tasks]
+    folders = {env_id: args.runs / env_folder(env_id) / args.name for env_id in tasks}
     start = time.perf_counter()
     if not args.skip_train:
         seeds = range(args.first_seed, args.first_seed + args.seeds)
@@ -297,8 +300,8 @@ def main() -> None:
         if code:
             print("some seeds did not finish; run the same command again to resume them", file=sys.stderr)
             raise SystemExit(code)
-    evaluate_all(folders, episodes)
-    summary = summarise(folders, results, configs)
+    evaluate_all(folders, args.episodes)
+    summary = summarise(list(folders.values()), results, configs)
     columns = ["env", "seeds", "eval_iqm", "eval_iqm_ci_low", "eval_iqm_ci_high", "eval_mean", "eval_std",
                "evaluation_last_iqm", "evaluation_best_iqm",
                "final_mean", "final_std", "wall_time_s", "sps", "target"]

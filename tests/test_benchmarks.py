@@ -107,10 +107,39 @@ def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
         "dm_control/walker-run-v0": {"hidden_sizes": [256, 256], "stagger_resets": False},
         "dm_control/cartpole-swingup-v0": {"hidden_sizes": [64, 64], "stagger_resets": True}}
     assert configs["Hopper-v4"].eval_interval == 10  # the evaluation curve, every 10 iterations on MuJoCo
-    interval = mujoco_suite.SUITES["dmc"][3]
+    interval = mujoco_suite.SUITES["dmc"][2]
     assert interval == 50 and mujoco_suite.task_configs(["dm_control/walker-walk-v0"], 4096, None, {},
                                                         interval)["dm_control/walker-walk-v0"].eval_interval == 50
     assert mujoco_suite.task_configs(["Hopper-v4"], 4096, None, {"eval_interval": 0}, 50)["Hopper-v4"].eval_interval == 0
+
+
+def test_the_suite_evaluates_each_task_with_as_many_episodes_as_ppo_eval(tmp_path, monkeypatch):
+    """50 on a DMC task and 10 on a MuJoCo one in the same invocation; --episodes sets both; a seed
+    already evaluated with that number is left alone."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import mujoco_suite
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    folders = {}
+    for env_id in ("dm_control/walker-walk-v0", "Hopper-v4"):
+        seed = tmp_path / env_id.replace("/", "_") / "run" / "seed_0"
+        seed.mkdir(parents=True)
+        (seed / "checkpoint.pt").write_bytes(b"")
+        folders[env_id] = seed.parent
+    calls = []
+    monkeypatch.setattr(mujoco_suite.subprocess, "run", lambda command, check: calls.append(command[-3:]))
+    mujoco_suite.evaluate_all(folders, None)
+    assert calls == [[str(folders["dm_control/walker-walk-v0"]), "--episodes", "50"],
+                     [str(folders["Hopper-v4"]), "--episodes", "10"]]
+    calls.clear()
+    mujoco_suite.evaluate_all(folders, 3)
+    assert [call[-1] for call in calls] == ["3", "3"]
+    time.sleep(0.01)
+    (folders["Hopper-v4"] / "seed_0" / "eval.json").write_text(json.dumps({"episodes": 10}))
+    calls.clear()
+    mujoco_suite.evaluate_all(folders, None)
+    assert calls == [[str(folders["dm_control/walker-walk-v0"]), "--episodes", "50"]]
 
 
 @pytest.mark.slow
