@@ -7,11 +7,20 @@ Your own environment modules are found on ``PYTHONPATH`` or installed, as with `
 """
 
 import os
+import signal
 import sys
 
 
+def _exit_by(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run() -> None:
-    """Import the CLI and run it; a Ctrl-C while it loads exits with 130, without a traceback."""
+    """Import the CLI and run it. A Ctrl-C, SIGTERM or SIGHUP while it loads (torch takes a second or
+    more) exits with 130, 143 or 129, without a traceback: before this, a ``kill`` in that second ended
+    the process by the signal itself. Commands that train install their own handlers over these."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_by)
     try:
         from ppo_cli.cli import main
     except KeyboardInterrupt:
