@@ -17,6 +17,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def suite_module():
+    """``benchmarks/mujoco_suite.py`` as a module (benchmarks/ is not a package)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import mujoco_suite
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return mujoco_suite
+
+
 @pytest.mark.slow
 def test_mujoco_suite_trains_evaluates_summarises_and_resumes(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "mujoco_suite.py"), "--tasks", "InvertedPendulum-v5",
@@ -88,11 +98,7 @@ def test_mujoco_suite_rejects_an_unknown_override():
 
 
 def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import mujoco_suite
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    mujoco_suite = suite_module()
     configs = mujoco_suite.task_configs(["Hopper-v4", "Walker2d-v4"], 4096, "tuned", {"lr": 1e-4})
     assert configs["Walker2d-v4"].gae_lambda == 0.9 and configs["Hopper-v4"].gae_lambda == 0.95
     assert configs["Hopper-v4"].lr == configs["Walker2d-v4"].lr == 1e-4
@@ -116,11 +122,7 @@ def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
 def test_the_suite_evaluates_each_task_with_as_many_episodes_as_ppo_eval(tmp_path, monkeypatch):
     """50 on a DMC task and 10 on a MuJoCo one in the same invocation; --episodes sets both; a seed
     already evaluated with that number is left alone."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import mujoco_suite
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    mujoco_suite = suite_module()
     folders = {}
     for env_id in ("dm_control/walker-walk-v0", "Hopper-v4"):
         seed = tmp_path / env_id.replace("/", "_") / "run" / "seed_0"
