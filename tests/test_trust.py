@@ -347,6 +347,32 @@ def test_5_a_signal_while_the_cli_loads_exits_with_its_code_and_no_traceback(sig
     assert result.returncode == code and "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
+def test_5_a_signal_while_the_process_shuts_down_exits_with_its_code_at_once(signum, code):
+    """The command has returned and the interpreter waits for a thread that never ends; the signal
+    arrives then. Before, a SIGTERM there printed a traceback and exited 0 (and in the interpreter's
+    teardown after the last atexit callback it was dropped or killed the process: -15)."""
+    script = ("import os, sys, threading, time; import ppo_cli.__main__ as m\n"
+              "def late():\n"
+              "    while threading.main_thread().is_alive(): time.sleep(0.01)\n"
+              f"    os.kill(os.getpid(), {int(signum)}); time.sleep(120)\n"
+              "threading.Thread(target=late).start(); sys.argv = ['ppo', 'envs']; m.run()")
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == code and "Traceback" not in result.stderr, result.stderr
+    assert time.monotonic() - began < 60 and "Gymnasium" in result.stdout, result.stdout  # its output kept
+
+
+@pytest.mark.parametrize("args, code", [(["envs"], 0), (["eval", "no-such.pt"], 2), (["no-such-command"], 2)])
+def test_5_without_a_signal_the_process_exits_with_the_commands_code_and_output(args, code):
+    """It leaves by ``os._exit`` in the last atexit callback: the code and every line printed (to
+    a pipe, so block-buffered) must still be the command's."""
+    result = ppo(*args)
+    assert result.returncode == code and "Traceback" not in result.stderr, result.stderr
+    runner = CliRunner().invoke(cli, args)
+    assert runner.exit_code == code and result.stdout == runner.stdout
+
+
 # ----------------------------------------------------------------------------- 6. orphans
 
 
