@@ -2,7 +2,8 @@
 
 Contents (``FORMAT`` marks a file as ours):
 
-* ``format``, ``format_version``, ``versions`` (package versions at save time);
+* ``format``, ``format_version``, ``versions`` (package versions at save time, and under
+  ``kernels`` the instruction sets numpy, its BLAS and torch compute with: see :func:`kernels`);
 * ``config`` (the :class:`~ppo_cli.config.Config` as a dict), ``env_id``, ``global_step``, ``iteration``;
 * ``model`` (the :class:`~ppo_cli.agent.ActorCritic` state dict), ``optimizer`` (Adam state);
 * ``obs_rms`` and ``reward_rms`` (filter statistics as float64 tensors, ``count`` as a float);
@@ -51,7 +52,33 @@ def package_versions() -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
+    versions["kernels"] = kernels()
     return versions
+
+
+def kernels() -> str:
+    """The instruction sets this process's floating point runs on, e.g. ``numpy AVX512_SPR, OpenBLAS
+    SkylakeX, torch AVX512``: numpy's SIMD loops, its BLAS and torch each pick kernels by CPU, and
+    kernels for another instruction set round differently, so the same seed and code train another
+    trajectory on a CPU where this differs (docs/benchmarks.md, *Reproducibility*)."""
+    parts = []
+    try:  # numpy's highest dispatched SIMD target this CPU enables (numpy has no public API for it)
+        from numpy._core import _multiarray_umath as umath
+
+        enabled = [t for t in umath.__cpu_dispatch__ if umath.__cpu_features__.get(t)]
+        parts.append(f"numpy {enabled[-1] if enabled else 'baseline'}")
+    except (ImportError, AttributeError):
+        parts.append("numpy unknown")
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [i for i in threadpool_info() if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")]
+        parts.append(f"{blas[0]['internal_api'].replace('openblas', 'OpenBLAS')} {blas[0].get('architecture')}"
+                     if blas else "BLAS unknown")
+    except Exception:  # noqa: BLE001 - threadpoolctl inspects loaded libraries: never fail a save for it
+        parts.append("BLAS unknown")
+    parts.append(f"torch {torch.backends.cpu.get_cpu_capability()}")
+    return ", ".join(parts)
 
 
 def to_tensors(state: Any) -> Any:

@@ -5,7 +5,7 @@ import torch
 
 from ppo_cli import fused, losses
 from ppo_cli.agent import ActorCritic
-from ppo_cli.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ppo_cli.checkpoint import CheckpointError, kernels, load_checkpoint, save_checkpoint
 from ppo_cli.config import Config
 from ppo_cli.diagnostics import EPISODE_COLUMNS, PROGRESS_COLUMNS, TIMING_COLUMNS
 from ppo_cli.trainer import train
@@ -75,7 +75,8 @@ def test_train_writes_every_file_and_the_checkpoint_round_trips(tmp_path):
     assert state["reward_rms"]["count"] == 1024
     agent = ActorCritic(2, 1, (16, 16), seed=0)
     agent.load_state_dict(state["model"])
-    assert "torch" in state["versions"] and state["spaces"] == {"obs_dim": 2, "act_dim": 1, "discrete": False}
+    assert "torch" in state["versions"] and state["versions"]["kernels"] == kernels()
+    assert state["spaces"] == {"obs_dim": 2, "act_dim": 1, "discrete": False}
     assert not list(tmp_path.glob(".checkpoint.pt.*"))  # no temp files left behind
 
 
