@@ -335,7 +335,7 @@ def _warn_other_kernels(checkpoint_path: Path, state: dict[str, Any]) -> None:
     if isinstance(saved, str) and saved != kernels():
         log.warning("warning: resuming %s with other CPU kernels (%s; it was trained with %s): the run continues "
                     "correctly, but not bit for bit as it would have where it started", checkpoint_path,
-                    kernels(), saved)
+                    kernels(), saved[:200])
 
 
 def _start(config: Config, run_dir: Path, resume: bool) -> _Run:

@@ -98,10 +98,13 @@ def test_a_resume_on_other_kernels_says_it_will_not_be_bit_for_bit(tmp_path, mon
     (line,) = [r.getMessage() for r in caplog.records if "other CPU kernels" in r.getMessage()]
     assert f"(numpy X86_V3, OpenBLAS Haswell, torch AVX2; it was trained with {here})" in line
 
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    del state["versions"]["kernels"]  # a checkpoint written before kernels were recorded
-    save_checkpoint(tmp_path / "checkpoint.pt", state)
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="ppo_cli.trainer"):
-        trainer.train(config.replace(total_steps=1280), tmp_path, resume=True)
-    assert "other CPU kernels" not in caplog.text
+    steps = 1024
+    for versions in ({"torch": "2.13.0"}, 5, {"kernels": 5}):  # from before kernels were recorded; crafted
+        state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+        state["versions"] = versions
+        save_checkpoint(tmp_path / "checkpoint.pt", state)
+        caplog.clear()
+        steps += 256
+        with caplog.at_level("WARNING", logger="ppo_cli.trainer"):
+            assert trainer.train(config.replace(total_steps=steps), tmp_path, resume=True).global_step == steps
+        assert "other CPU kernels" not in caplog.text
