@@ -330,12 +330,12 @@ def _stepping(run: _Run) -> Iterator[Callable[..., Any]]:
 def _warn_other_kernels(checkpoint_path: Path, state: dict[str, Any]) -> None:
     """A resume on a CPU whose kernels round differently continues correctly but not bit for bit as
     the uninterrupted run would have: say so (a checkpoint from before kernels were recorded: silent)."""
-    saved = state.get("versions")
+    saved, here = state.get("versions"), kernels()
     saved = saved.get("kernels") if isinstance(saved, dict) else None
-    if isinstance(saved, str) and saved != kernels():
+    if isinstance(saved, str) and saved != here:
         log.warning("warning: resuming %s with other CPU kernels (%s; it was trained with %s): the run continues "
-                    "correctly, but not bit for bit as it would have where it started", checkpoint_path,
-                    kernels(), saved[:200])
+                    "correctly, but not bit for bit as it would have where it started", checkpoint_path, here,
+                    saved[:200])
 
 
 def _start(config: Config, run_dir: Path, resume: bool) -> _Run:
