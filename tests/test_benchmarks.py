@@ -176,3 +176,39 @@ def test_ctrl_c_stops_the_benchmark_at_once_and_starts_no_other_seed(tmp_path):
 def rows_in(seed_dir: Path) -> int:
     progress = seed_dir / "progress.csv"
     return max(0, len(progress.read_text().splitlines()) - 1) if progress.is_file() else 0
+
+
+def pool_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import pool
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return pool
+
+
+def test_pool_combines_runs_of_two_benchmarks_per_task(tmp_path, capsys):
+    pool = pool_module()
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, rows in ((a, [("dm_control/walker-walk-v0", 0, 500.0), ("dm_control/walker-walk-v0", 1, 520.0),
+                               ("dm_control/cheetah-run-v0", 0, 700.0), ("Hopper-v4", 0, 3000.0)]),
+                         (b, [("dm_control/walker-walk-v0", 0, 440.0), ("dm_control/walker-walk-v0", 1, 900.0),
+                              ("dm_control/cheetah-run-v0", 0, 10.0)])):
+        folder.mkdir()
+        pd.DataFrame(rows, columns=["env", "seed", "eval_mean"]).to_csv(folder / "seeds.csv", index=False)
+    assert pool.main([str(a), f"{b}:walker-walk", "--out", str(tmp_path / "out")]) == 0
+    table = pd.read_csv(tmp_path / "out" / "pooled.csv").set_index("env")
+    walker = table.loc["dm_control/walker-walk-v0"]
+    # 4 runs (seed 0 twice: two machines, two samples); IQM of 440, 500, 520, 900 = mean of 500 and 520
+    assert walker["runs"] == 4 and walker["eval_iqm"] == pytest.approx(510.0)
+    assert walker["eval_iqm_ci_low"] <= 510 <= walker["eval_iqm_ci_high"] and walker["target"] == 650
+    assert not walker["met"] and walker["sources"] == f"{a} {b}"
+    cheetah = table.loc["dm_control/cheetah-run-v0"]  # b's cheetah-run was not asked for
+    assert cheetah["runs"] == 1 and cheetah["eval_iqm"] == 700.0 and cheetah["met"]
+    assert table.loc["Hopper-v4", "target"] == 2800
+    assert "dm_control/walker-walk-v0: 4 runs, evaluation IQM 510" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit, match=r":walker-run: .* has no task walker-run; it has dm_control/cheetah-run-v0"):
+        pool.main([f"{b}:walker-run", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="no seeds.csv"):
+        pool.main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
