@@ -29,8 +29,9 @@ name would shadow the ``mujoco`` package.)
    during training (10 episodes every 10 iterations, every 50 on DMC; the best is optimistic), wall time and
    steps/s. Written to ``RESULTS/summary.csv``,
    ``RESULTS/seeds.csv``, ``RESULTS/learning_curves.png``, ``RESULTS/config.json`` and
-   ``RESULTS/versions.json`` (the package versions each checkpoint recorded: two runs of the
-   benchmark on other versions are two samples).
+   ``RESULTS/versions.json`` (the package versions and CPU kernels each checkpoint recorded: two
+   runs of the benchmark on other versions or kernels are two samples; ``benchmarks/pool.py``
+   pools them).
 """
 
 from __future__ import annotations
