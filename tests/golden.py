@@ -4,7 +4,8 @@ Every other test compares a run with itself (resume against an uninterrupted run
 autograd) or with a hand computation of one piece. None notices a commit that changes what
 ``ppo train`` computes as a whole: a reordered random draw, a filter updated one step later, a
 changed default. These cases do: each trains a few iterations and compares every column of
-``progress.csv`` and ``episodes.csv`` (timing aside) with ``tests/golden/<case>.csv``.
+``progress.csv`` and ``episodes.csv`` (timing aside) with ``tests/golden/<case>_progress.csv``
+and ``<case>_episodes.csv``.
 
 The comparison has a tolerance, not bit equality, because a run's floating point depends on the
 CPU: numpy's OpenBLAS, numpy's SIMD loops and torch pick kernels by instruction set, and those
@@ -41,7 +42,8 @@ CASES: dict[str, Config] = {
     # the autograd update, no annealing
     "dmc": Config(env_id="dm_control/cartpole-swingup-v0", seed=5, total_steps=4096, num_envs=4, num_steps=256,
                   num_minibatches=4, update_epochs=4, action_repeat=2, stagger_resets=True, clip_vloss=True,
-                  norm_adv=True, lr=1e-3, target_kl=0.0004, update="autograd", anneal_lr=False, hidden_sizes=(32, 32)),
+                  norm_adv=True, lr=1e-3, target_kl=0.0004, update="autograd", anneal_lr=False,
+                  hidden_sizes=(32, 32)),
 }
 
 RTOL = 1e-3
@@ -95,7 +97,8 @@ def differences(actual: pd.DataFrame, golden: pd.DataFrame, label: str) -> list[
             bad = ~((np.abs(a - g) <= slack) | (np.isnan(a) & np.isnan(g)))
         if bad.any():
             row = int(np.argmax(bad))
-            found.append(f"{label}.{column}: {bad.sum()} row(s) differ, first row {row}: {float(a[row])!r} != {float(g[row])!r}")
+            found.append(f"{label}.{column}: {bad.sum()} row(s) differ, first row {row}: "
+                         f"{float(a[row])!r} != {float(g[row])!r}")
     return found
 
 
