@@ -64,13 +64,13 @@ def pool(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for env_id, group in rows.groupby("env", sort=False):
         values = group["eval_mean"].to_numpy(dtype=float)
-        low, high = stratified_bootstrap_ci([values])
+        center, (low, high) = float(iqm(values)), stratified_bootstrap_ci([values])
         target = TARGETS.get(task_family(env_id))
         out.append({"env": env_id, "runs": len(values), "sources": " ".join(dict.fromkeys(group["source"])),
-                    "eval_iqm": float(iqm(values)), "eval_iqm_ci_low": low, "eval_iqm_ci_high": high,
+                    "eval_iqm": center, "eval_iqm_ci_low": low, "eval_iqm_ci_high": high,
                     "eval_mean": float(values.mean()), "eval_std": float(values.std(ddof=1)) if len(values) > 1
                     else float("nan"), "target": target,
-                    "met": None if target is None else bool(iqm(values) >= target)})
+                    "met": None if target is None else center >= target})
     return pd.DataFrame(out)
 
 

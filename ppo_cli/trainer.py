@@ -47,8 +47,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from ppo_cli.agent import ActorCritic, RolloutPolicy
-from ppo_cli.checkpoint import (CheckpointError, kernels, package_versions, read_checkpoint, save_checkpoint,
-                                to_numpy, to_tensors)
+from ppo_cli.checkpoint import (CheckpointError, package_versions, read_checkpoint, save_checkpoint, to_numpy,
+                                to_tensors)
 from ppo_cli.config import Config
 from ppo_cli.diagnostics import EPISODE_COLUMNS, PROGRESS_COLUMNS, CsvLog
 from ppo_cli.envs import EnvBatch, EnvPoolBatch, EnvSpaces, make_env_batch
@@ -327,10 +327,10 @@ def _stepping(run: _Run) -> Iterator[Callable[..., Any]]:
         yield watchdog.wrap(run.envs.step)
 
 
-def _warn_other_kernels(checkpoint_path: Path, state: dict[str, Any]) -> None:
-    """A resume on a CPU whose kernels round differently continues correctly but not bit for bit as
-    the uninterrupted run would have: say so (a checkpoint from before kernels were recorded: silent)."""
-    saved, here = state.get("versions"), kernels()
+def _warn_other_kernels(checkpoint_path: Path, state: dict[str, Any], here: str) -> None:
+    """A resume on a CPU whose kernels (``here``) round differently continues correctly but not bit for
+    bit as the uninterrupted run would have: say so (a checkpoint from before kernels were recorded: silent)."""
+    saved = state.get("versions")
     saved = saved.get("kernels") if isinstance(saved, dict) else None
     if isinstance(saved, str) and saved != here:
         log.warning("warning: resuming %s with other CPU kernels (%s; it was trained with %s): the run continues "
@@ -377,10 +377,12 @@ def _start(config: Config, run_dir: Path, resume: bool) -> _Run:
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
             raise CheckpointError(f"{checkpoint_path} cannot be restored: {type(exc).__name__}: {exc}") from None
         obs = obs_filter.normalize(envs.obs)  # the statistics already include these observations
-        _warn_other_kernels(checkpoint_path, state)
+    versions = package_versions()
+    if state is not None:
+        _warn_other_kernels(checkpoint_path, state, versions["kernels"])
     run = _Run(config, run_dir, envs, spaces, agent, optimizer, make_loss_fn(agent, config, optimizer),
                RolloutPolicy(agent), obs_filter, reward_filter, storage, seeds.rng, progress_log, episode_log,
-               package_versions(), obs, started=started)
+               versions, obs, started=started)
     run.monitor = Monitor(config, run_dir, keep)
     if state is not None:
         run.global_step, run.iteration = int(state["global_step"]), int(state["iteration"])

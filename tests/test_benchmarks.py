@@ -17,14 +17,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def suite_module():
-    """``benchmarks/mujoco_suite.py`` as a module (benchmarks/ is not a package)."""
+def benchmark_module(name: str):
+    """``benchmarks/<name>.py`` as a module (benchmarks/ is not a package)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import mujoco_suite
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    return mujoco_suite
 
 
 @pytest.mark.slow
@@ -98,7 +97,7 @@ def test_mujoco_suite_rejects_an_unknown_override():
 
 
 def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
-    mujoco_suite = suite_module()
+    mujoco_suite = benchmark_module("mujoco_suite")
     configs = mujoco_suite.task_configs(["Hopper-v4", "Walker2d-v4"], 4096, "tuned", {"lr": 1e-4})
     assert configs["Walker2d-v4"].gae_lambda == 0.9 and configs["Hopper-v4"].gae_lambda == 0.95
     assert configs["Hopper-v4"].lr == configs["Walker2d-v4"].lr == 1e-4
@@ -122,7 +121,7 @@ def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
 def test_the_suite_evaluates_each_task_with_as_many_episodes_as_ppo_eval(tmp_path, monkeypatch):
     """50 on a DMC task and 10 on a MuJoCo one in the same invocation; --episodes sets both; a seed
     already evaluated with that number is left alone."""
-    mujoco_suite = suite_module()
+    mujoco_suite = benchmark_module("mujoco_suite")
     folders = {}
     for env_id in ("dm_control/walker-walk-v0", "Hopper-v4"):
         seed = tmp_path / env_id.replace("/", "_") / "run" / "seed_0"
@@ -178,17 +177,8 @@ def rows_in(seed_dir: Path) -> int:
     return max(0, len(progress.read_text().splitlines()) - 1) if progress.is_file() else 0
 
 
-def pool_module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import pool
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return pool
-
-
 def test_pool_combines_runs_of_two_benchmarks_per_task(tmp_path, capsys):
-    pool = pool_module()
+    pool = benchmark_module("pool")
     a, b = tmp_path / "a", tmp_path / "b"
     for folder, rows in ((a, [("dm_control/walker-walk-v0", 0, 500.0), ("dm_control/walker-walk-v0", 1, 520.0),
                                ("dm_control/cheetah-run-v0", 0, 700.0), ("Hopper-v4", 0, 3000.0)]),

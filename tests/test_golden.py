@@ -33,12 +33,9 @@ def test_a_small_change_to_training_fails_the_comparison(tmp_path, name, change)
     assert found and all(line.startswith("progress.") for line in found)
 
 
-def _frame(**columns):
-    return pd.DataFrame(columns)
-
-
 def test_differences_allows_rounding_and_refuses_the_rest():
-    g = _frame(global_step=[1, 2], episodic_return=[10.0, np.nan], policy_loss=[-0.5, 0.25], clipfrac=[0.1, 0.2])
+    g = pd.DataFrame(dict(global_step=[1, 2], episodic_return=[10.0, np.nan], policy_loss=[-0.5, 0.25],
+                          clipfrac=[0.1, 0.2]))
     assert golden.differences(g.copy(), g, "t") == []
     rounded = g.copy()
     rounded["policy_loss"] = [-0.5 * (1 + 1e-5), 0.25 + 1e-6]  # kernel rounding, far below RTOL
@@ -80,7 +77,7 @@ def test_kernels_names_what_this_process_computes_with_not_what_was_built():
 def test_a_resume_on_other_kernels_says_it_will_not_be_bit_for_bit(tmp_path, monkeypatch, caplog):
     import torch
 
-    from ppo_cli import trainer
+    from ppo_cli import checkpoint, trainer
     from ppo_cli.checkpoint import save_checkpoint
     from tests.test_trainer import small
 
@@ -90,8 +87,8 @@ def test_a_resume_on_other_kernels_says_it_will_not_be_bit_for_bit(tmp_path, mon
         trainer.train(config.replace(total_steps=768), tmp_path, resume=True)  # same kernels: silent
     assert "other CPU kernels" not in caplog.text
 
-    here = trainer.kernels()
-    monkeypatch.setattr(trainer, "kernels", lambda: "numpy X86_V3, OpenBLAS Haswell, torch AVX2")
+    here = checkpoint.kernels()
+    monkeypatch.setattr(checkpoint, "kernels", lambda: "numpy X86_V3, OpenBLAS Haswell, torch AVX2")
     with caplog.at_level("WARNING", logger="ppo_cli.trainer"):
         result = trainer.train(config.replace(total_steps=1024), tmp_path, resume=True)
     assert result.status == "finished" and result.global_step == 1024
