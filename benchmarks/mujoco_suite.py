@@ -21,13 +21,17 @@ name would shadow the ``mujoco`` package.)
    ``eval.json`` beside each checkpoint; N is 10 on MuJoCo and 50 on DMC, whose episodes are
    bimodal (reacher-hard reaches its target or scores 0, walker-walk walks or falls), where 10
    episodes leave a standard error of about 130 on a seed's mean (reacher-hard). A checkpoint
-   evaluated with another number of episodes, or whose eval.json is unreadable, is evaluated again.
+   evaluated with another number of episodes, or whose eval.json is unreadable or not its own, is
+   evaluated again. Where training evaluated (``eval_interval``), each seed's ``best.pt`` is
+   evaluated the same way (``ppo eval RUN --best``, into ``best_eval.json``): the checkpoint a user
+   of ``ppo eval --best`` would keep, on the same start states as the final one's (``ppo eval``'s
+   seed 0, not the evaluations that chose it).
 3. **summarise** with ``ppo plot``'s library call: the figure (return, the evaluation curve and
    diagnostics across seeds, one column per task) and per task: seeds, IQM of the evaluation
    return with its 95% stratified-bootstrap interval, mean +- std, the final training return
    (mean of the episodes in each seed's last 10% of steps), the last and the best evaluation
-   during training (10 episodes every 10 iterations, every 50 on DMC; the best is optimistic), wall time and
-   steps/s. Written to ``RESULTS/summary.csv``,
+   during training (10 episodes every 10 iterations, every 50 on DMC; the best is optimistic), the
+   IQM of the best checkpoints' evaluations (``best_checkpoint_iqm``), wall time and steps/s. Written to ``RESULTS/summary.csv``,
    ``RESULTS/seeds.csv``, ``RESULTS/learning_curves.png``, ``RESULTS/config.json`` and
    ``RESULTS/versions.json`` (the package versions and CPU kernels each checkpoint recorded: two
    runs of the benchmark on other versions or kernels are two samples; ``benchmarks/pool.py``
@@ -52,8 +56,10 @@ from ppo_cli.envs import resolve_env_id
 from ppo_cli.evaluate import default_episodes
 from ppo_cli.files import atomic_write_text
 from ppo_cli.launch import SeedJob, run_seeds
-from ppo_cli.layout import (CHECKPOINT_FILE, CONFIG_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRESS_FILE, LayoutError,
-                            env_folder, is_seed_dir, plan_resume, seed_dirs, seed_folder)
+from ppo_cli.layout import (BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRESS_FILE,
+                            LayoutError, current_evaluation, env_folder, is_seed_dir, plan_resume, read_evaluation,
+                            seed_dirs, seed_folder)
+from ppo_cli.plots.stats import iqm
 from ppo_cli.signals import StopRequest
 
 TASKS = ("Hopper-v4", "HalfCheetah-v4", "Walker2d-v4")
@@ -162,31 +168,32 @@ def train_all(jobs: list[SeedJob], workers: int) -> int:
     return 0 if all(result.status == "finished" for result in results) else 1
 
 
-def evaluated_episodes(seed_dir: Path) -> int | None:
-    """The episodes of the seed's ``eval.json`` where it is newer than the checkpoint; None where it is
-    missing, older, or not a readable evaluation (then the checkpoint is evaluated again)."""
-    path = seed_dir / EVAL_FILE
-    try:
-        if path.stat().st_mtime < (seed_dir / CHECKPOINT_FILE).stat().st_mtime:
-            return None
-        episodes = json.loads(path.read_text()).get("episodes")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return episodes if isinstance(episodes, int) else None
+def evaluated_episodes(seed_dir: Path, best: bool = False) -> int | None:
+    """The episodes of the seed's up-to-date evaluation of its ``checkpoint.pt`` (``best``: of its
+    ``best.pt``); None where it is missing, older than the checkpoint, unreadable or not that
+    checkpoint's (then the checkpoint is evaluated again)."""
+    result = current_evaluation(seed_dir, best)
+    episodes = None if result is None else result.get("episodes")
+    return episodes if isinstance(episodes, int) and not isinstance(episodes, bool) else None
 
 
 def evaluate_all(run_folders: dict[str, Path], given: int | None) -> None:
     """Evaluate each task's run folder (env id -> folder) with ``given`` episodes, or by default with as
-    many as ``ppo eval`` plays on that task (50 on DMC, 10 elsewhere)."""
+    many as ``ppo eval`` plays on that task (50 on DMC, 10 elsewhere): the final checkpoints, then the
+    best ones where training kept them."""
     for env_id, folder in run_folders.items():
         episodes = given or default_episodes(env_id)
-        stale = [d for d in seed_dirs(folder) if evaluated_episodes(d) != episodes]
-        if not stale:
-            print(f"eval: {folder} is evaluated")
-            continue
-        print(f"eval: {folder}", flush=True)
-        subprocess.run([sys.executable, "-m", "ppo_cli", "eval", str(folder), "--episodes", str(episodes)],
-                       check=True)
+        for best in (False, True):
+            which = f"{folder} ({BEST_FILE})" if best else str(folder)
+            kept = [d for d in seed_dirs(folder) if (d / (BEST_FILE if best else CHECKPOINT_FILE)).is_file()]
+            if best and not kept:
+                continue
+            if all(evaluated_episodes(d, best) == episodes for d in kept):
+                print(f"eval: {which} is evaluated")
+                continue
+            print(f"eval: {which}", flush=True)
+            subprocess.run([sys.executable, "-m", "ppo_cli", "eval", str(folder), "--episodes", str(episodes),
+                            *(["--best"] if best else [])], check=True)
 
 
 def summarise(run_folders: list[Path], results: Path, configs: dict[str, Config]) -> pd.DataFrame:
@@ -200,7 +207,8 @@ def summarise(run_folders: list[Path], results: Path, configs: dict[str, Config]
     for folder in run_folders:
         for seed_dir in seed_dirs(folder):
             progress = pd.read_csv(seed_dir / PROGRESS_FILE)
-            evaluation = json.loads((seed_dir / EVAL_FILE).read_text())
+            evaluation = read_evaluation(seed_dir / EVAL_FILE)
+            best = current_evaluation(seed_dir, best=True)
             last = progress.iloc[-1]
             curve = (pd.read_csv(seed_dir / EVALUATIONS_FILE)["mean"] if (seed_dir / EVALUATIONS_FILE).is_file()
                      else pd.Series(dtype=float))
@@ -211,19 +219,28 @@ def summarise(run_folders: list[Path], results: Path, configs: dict[str, Config]
                           "eval_episodes": evaluation["episodes"],
                           "last_evaluation": curve.iloc[-1] if len(curve) else np.nan,
                           "best_evaluation": curve.max() if len(curve) else np.nan,
+                          "best_checkpoint_mean": best["mean"] if best else np.nan,
+                          "best_checkpoint_step": best.get("global_step", np.nan) if best else np.nan,
                           "steps": int(last["global_step"]), "frames": int(last["global_step"]) * repeat,
                           "wall_time_s": float(last["time_s"]),
                           "sps": float(last["global_step"]) / float(last["time_s"])})
     per_seed = pd.DataFrame(seeds)
     atomic_write_text(results / "seeds.csv", per_seed.to_csv(index=False, float_format="%.6g"))
     timing = per_seed.groupby("env").agg(wall_time_s=("wall_time_s", "median"), sps=("sps", "median"),
-                                         eval_episodes=("eval_episodes", "min"))
+                                         eval_episodes=("eval_episodes", "min"),
+                                         best_checkpoint_iqm=("best_checkpoint_mean", best_checkpoint_iqm))
     summary = plotted.summary.join(timing, on="env")
     summary["target"] = summary["env"].map(lambda env_id: TARGETS.get(task_family(env_id)))
     atomic_write_text(results / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(results / "config.json", json.dumps(config_record(configs), indent=2) + "\n")
     atomic_write_text(results / "versions.json", json.dumps(versions_record(run_folders), indent=2) + "\n")
     return summary
+
+
+def best_checkpoint_iqm(means: pd.Series) -> float:
+    """IQM over seeds of the best checkpoints' evaluations; NaN unless every seed has one (a partial
+    set would be another sample than the final checkpoints' IQM beside it)."""
+    return float(iqm(means.to_numpy(dtype=float))) if len(means) and means.notna().all() else np.nan
 
 
 def versions_record(run_folders: list[Path]) -> dict[str, list[str]]:
@@ -304,7 +321,7 @@ def main() -> None:
     evaluate_all(folders, args.episodes)
     summary = summarise(list(folders.values()), results, configs)
     columns = ["env", "seeds", "eval_iqm", "eval_iqm_ci_low", "eval_iqm_ci_high", "eval_mean", "eval_std",
-               "evaluation_last_iqm", "evaluation_best_iqm",
+               "evaluation_last_iqm", "evaluation_best_iqm", "best_checkpoint_iqm",
                "final_mean", "final_std", "wall_time_s", "sps", "target"]
     with pd.option_context("display.width", 200, "display.float_format", "{:.0f}".format):
         print(summary[columns].to_string(index=False))

@@ -317,7 +317,8 @@ def _check_resume_options(ctx: click.Context) -> None:
 @click.option("--frames", type=click.IntRange(min=1), default=None,
               help="Record at most this many frames [default: the whole first episode].")
 @click.option("--best", is_flag=True,
-              help="Evaluate each seed's best.pt (the best evaluation during training) instead of checkpoint.pt.")
+              help="Evaluate each seed's best.pt (the best evaluation during training) instead of checkpoint.pt; "
+                   "its result goes to best_eval.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of tables.")
 def eval_command(checkpoint: Path, episodes: int | None, seed: int, deterministic: bool, env_name: str | None,
                  trust_env: bool, render: bool, video: Path | None, fps: float | None, frames: int | None,
@@ -325,7 +326,8 @@ def eval_command(checkpoint: Path, episodes: int | None, seed: int, deterministi
     """Evaluate CHECKPOINT with its own observation statistics and report raw returns.
 
     CHECKPOINT is a checkpoint.pt, a seed folder holding one, or a run folder (every seed_*/ in it).
-    The result is also saved as eval.json next to each checkpoint.
+    The result is also saved next to each checkpoint: eval.json, or best_eval.json with --best (the
+    final checkpoint's eval.json is kept). --render writes eval.mp4 (best_eval.mp4).
 
     \b
     Example:
@@ -337,6 +339,7 @@ def eval_command(checkpoint: Path, episodes: int | None, seed: int, deterministi
 
     from ppo_cli.display import print_eval
     from ppo_cli.evaluate import check_envs, evaluate, load_agent, plan_eval, save_result
+    from ppo_cli.layout import evaluation_outputs
     from ppo_cli.render import RenderError, VideoWriter, has_display, use_offscreen_backend
 
     with _user_errors():
@@ -357,7 +360,7 @@ def eval_command(checkpoint: Path, episodes: int | None, seed: int, deterministi
     for job, agent in zip(planned, loaded):
         writer = None
         if render_mode == "rgb_array":
-            writer = VideoWriter(video or job.checkpoint.parent / "eval.mp4", fps, frames)
+            writer = VideoWriter(video or evaluation_outputs(job.checkpoint)[1], fps, frames)
         try:
             result = evaluate(job.checkpoint, agent, episodes, seed, deterministic, render_mode, writer, job.env_id)
             save_result(result)
@@ -512,7 +515,8 @@ _SWEEP_RESUME_COMPANIONS = {"resume_from", "jobs", "quiet", "trust_env", "ray_ad
               help="Continue a sweep folder: finished jobs are skipped, started ones continue.")
 @click.option("--trust-env", is_flag=True, help="With --resume: build 'module:attr' environments the sweep names.")
 @click.option("--eval", "with_eval", is_flag=True,
-              help="Evaluate every final checkpoint (as `ppo eval`) and rank by the evaluation IQM.")
+              help="Evaluate every final checkpoint (as `ppo eval`; again where its eval.json is older, not its own or "
+                   "of another --episodes) and rank by the evaluation IQM.")
 @click.option("--episodes", type=click.IntRange(min=1), default=None,
               help="With --eval: episodes per checkpoint [default: 10; 50 on DMC tasks].")
 @click.option("--quiet", is_flag=True, help="Plain lines instead of the live display.")

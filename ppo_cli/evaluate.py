@@ -23,7 +23,7 @@ from ppo_cli.config import Config, ConfigError
 from ppo_cli.envs import EnvError, check_spaces, make_env, require_trusted, resolve_env_id
 from ppo_cli.errors import UserError
 from ppo_cli.files import atomic_write_text, check_writable
-from ppo_cli.layout import EVAL_FILE, LayoutError, checkpoint_files
+from ppo_cli.layout import LayoutError, checkpoint_files, evaluation_outputs
 from ppo_cli.render import RenderError, VideoWriter, check_video_path
 from ppo_cli.wrappers import ObservationNormalizer
 
@@ -75,7 +75,7 @@ def plan_eval(path: Path, env_name: str | None = None, trust_env: bool = False,
     """The checkpoints of ``path`` (a file, a seed folder or a run folder), read and checked, each with
     the environment to evaluate it on: ``env_name`` (typed by the user, so theirs to run), else the
     checkpoint's, which must be a registered id unless ``trust_env``. Refuses, before any episode,
-    what could not be written: ``eval.json`` beside each checkpoint, the ``video``."""
+    what could not be written: ``eval.json`` (``best_eval.json``) beside each checkpoint, the ``video``."""
     try:
         paths = checkpoint_files(path, best)
         states = [read_checkpoint(p) for p in paths]
@@ -233,8 +233,9 @@ def evaluate(checkpoint: Path, loaded: LoadedAgent, episodes: int | None = None,
 
 
 def save_result(result: EvalResult) -> Path:
-    """Write ``eval.json`` next to the checkpoint (atomically); ``ppo plot --eval`` reads it."""
-    target = Path(result.checkpoint).parent / EVAL_FILE
+    """Write the result next to the checkpoint (atomically): ``eval.json``, which ``ppo plot --eval``
+    reads, or ``best_eval.json`` for a ``best.pt`` (:func:`~ppo_cli.layout.evaluation_outputs`)."""
+    target = evaluation_outputs(Path(result.checkpoint))[0]
     atomic_write_text(target, json.dumps(_json_safe(result.to_dict()), indent=2))
     return target
 

@@ -10,8 +10,9 @@
             progress.csv                one row per iteration
             episodes.csv                one row per finished episode
             checkpoint.pt               the state after the last saved iteration
-            eval.json, eval.mp4         written by ``ppo eval``
+            eval.json, eval.mp4         written by ``ppo eval``: checkpoint.pt's result and video
             evaluations.csv, best.pt    with --eval-interval: evaluations during training, the best one's checkpoint
+            best_eval.json, .mp4        written by ``ppo eval --best``: best.pt's (never eval.json, the final one's)
             videos/                     with --video-interval: clips during training
             events.out.tfevents.*       with --tensorboard
             error.txt                   why the seed failed, when it did
@@ -26,6 +27,7 @@ read from their ``seed_*`` folders).
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -46,10 +48,13 @@ EVAL_VIDEO = "eval.mp4"
 ERROR_FILE = "error.txt"
 EVALUATIONS_FILE = "evaluations.csv"  # --eval-interval: one row per evaluation during training
 BEST_FILE = "best.pt"  # the checkpoint of the best evaluation so far
+BEST_EVAL_FILE = "best_eval.json"  # ppo eval --best: best.pt's result (eval.json stays checkpoint.pt's)
+BEST_EVAL_VIDEO = "best_eval.mp4"
 VIDEOS_DIR = "videos"  # --video-interval: videos/step_<global_step>.mp4
 __all__ = ["LOCK_FILE", "RUN_FILE", "CONFIG_FILE", "PROGRESS_FILE", "EPISODES_FILE", "CHECKPOINT_FILE", "EVAL_FILE",
-           "EVAL_VIDEO", "ERROR_FILE", "EVALUATIONS_FILE", "BEST_FILE", "VIDEOS_DIR", "LayoutError", "RunRecord", "SeedPlan", "env_folder", "seed_folder",
-           "is_seed_dir", "seed_dirs", "checkpoint_files", "run_folder_of", "read_run", "write_run", "plan_resume"]
+           "EVAL_VIDEO", "ERROR_FILE", "EVALUATIONS_FILE", "BEST_FILE", "BEST_EVAL_FILE", "BEST_EVAL_VIDEO", "VIDEOS_DIR", "LayoutError", "RunRecord", "SeedPlan", "env_folder", "seed_folder",
+           "is_seed_dir", "seed_dirs", "checkpoint_files", "evaluation_outputs",
+           "read_evaluation", "current_evaluation", "run_folder_of", "read_run", "write_run", "plan_resume"]
 
 RUN_FORMAT = "ppo_cli.run"
 MAX_SEEDS = 100_000  # more seeds than any run.json ppo writes: a crafted file is refused, not obeyed
@@ -159,6 +164,52 @@ def checkpoint_files(path: Path, best: bool = False) -> list[Path]:
         hint = " (train with --eval-interval to keep one)" if best else ""
         raise LayoutError(f"{path} holds no {name} (nor seed_*/{name}){hint}")
     return found
+
+
+def evaluation_outputs(checkpoint: Path) -> tuple[Path, Path]:
+    """Where ``ppo eval`` writes a checkpoint's result and its default video: ``eval.json`` and
+    ``eval.mp4`` beside it, ``best_eval.json`` and ``best_eval.mp4`` for a ``best.pt``, so that
+    evaluating the best checkpoint never replaces the final one's evaluation, which ``ppo plot --eval``,
+    ``ppo sweep`` and the benchmarks read."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.name == BEST_FILE:
+        return checkpoint.parent / BEST_EVAL_FILE, checkpoint.parent / BEST_EVAL_VIDEO
+    return checkpoint.parent / EVAL_FILE, checkpoint.parent / EVAL_VIDEO
+
+
+def read_evaluation(path: Path) -> dict[str, Any]:
+    """The ``ppo eval`` result at ``path``, checked: a JSON object with a finite ``mean``, whose
+    ``checkpoint`` (where it names one) is the file that :func:`evaluation_outputs` writes ``path``
+    for. An ``eval.json`` that an earlier ``ppo eval --best`` wrote names ``best.pt``: it is not the
+    final checkpoint's evaluation. :class:`LayoutError` (the reason) otherwise."""
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise LayoutError(f"{path}: not a `ppo eval` result ({type(exc).__name__}: {exc})") from None
+    mean = result.get("mean") if isinstance(result, dict) else None
+    if isinstance(mean, bool) or not isinstance(mean, (int, float)) or not math.isfinite(mean):
+        raise LayoutError(f"{path}: not a `ppo eval` result (its mean return is {mean!r}, not a finite number)")
+    evaluated = result.get("checkpoint")
+    expected = BEST_FILE if path.name == BEST_EVAL_FILE else CHECKPOINT_FILE
+    if evaluated is not None and (not isinstance(evaluated, str) or Path(evaluated).name != expected):
+        raise LayoutError(f"{path}: it evaluates {evaluated!r}, not the seed's {expected}; run `ppo eval` on the "
+                          f"seed folder again{' with --best' if expected == BEST_FILE else ''}")
+    return result
+
+
+def current_evaluation(seed_dir: Path, best: bool = False) -> dict[str, Any] | None:
+    """The seed's evaluation of its ``checkpoint.pt`` (``best``: of its ``best.pt``) where it is up to
+    date: readable (:func:`read_evaluation`) and newer than that checkpoint; None where it is missing,
+    older, or not that checkpoint's (then the checkpoint is to be evaluated again)."""
+    checkpoint = Path(seed_dir) / (BEST_FILE if best else CHECKPOINT_FILE)
+    path = evaluation_outputs(checkpoint)[0]
+    try:
+        if path.stat().st_mtime < checkpoint.stat().st_mtime:
+            return None
+        return read_evaluation(path)
+    except (OSError, LayoutError):
+        return None
 
 
 def run_folder_of(folder: Path) -> Path | None:

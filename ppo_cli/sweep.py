@@ -246,18 +246,19 @@ def summarise(sweep_dir: Path, with_eval: bool = False) -> tuple[pd.DataFrame, P
 
 
 def evaluate_checkpoints(sweep_dir: Path, episodes: int | None) -> int:
-    """``ppo eval`` (deterministic, seed 0) of every final checkpoint whose ``eval.json`` is missing or older;
-    returns how many were evaluated. The environments are the sweep's own (checked when it was planned)."""
+    """``ppo eval`` (deterministic, seed 0) of every final checkpoint whose ``eval.json`` is missing, older,
+    not its own (:func:`~ppo_cli.layout.current_evaluation`) or, where ``episodes`` is given, of another
+    number of episodes; returns how many were evaluated. The environments are the sweep's own (checked when it was planned)."""
     from ppo_cli.checkpoint import CheckpointError
     from ppo_cli.envs import EnvError
     from ppo_cli.evaluate import evaluate, load_agent, save_result
-    from ppo_cli.layout import CHECKPOINT_FILE, EVAL_FILE, seed_dirs
+    from ppo_cli.layout import CHECKPOINT_FILE, current_evaluation, seed_dirs
 
     record, count = read_sweep(sweep_dir), 0
     for relative in record["runs"]:
         for seed_dir in seed_dirs(Path(sweep_dir) / relative):
-            checkpoint, result = seed_dir / CHECKPOINT_FILE, seed_dir / EVAL_FILE
-            if not checkpoint.is_file() or (result.is_file() and result.stat().st_mtime >= checkpoint.stat().st_mtime):
+            checkpoint, current = seed_dir / CHECKPOINT_FILE, current_evaluation(seed_dir)
+            if not checkpoint.is_file() or (current is not None and episodes in (None, current.get("episodes"))):
                 continue
             try:
                 agent = load_agent(checkpoint)

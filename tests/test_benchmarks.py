@@ -50,6 +50,11 @@ def test_mujoco_suite_trains_evaluates_summarises_and_resumes(tmp_path):
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "every seed has finished" in again.stdout and "is evaluated" in again.stdout
+    for seed_dir in sorted((tmp_path / "runs" / "InvertedPendulum-v5" / "default").glob("seed_*")):
+        final, best = (json.loads((seed_dir / name).read_text()) for name in ("eval.json", "best_eval.json"))
+        assert (Path(final["checkpoint"]).name, Path(best["checkpoint"]).name) == ("checkpoint.pt", "best.pt")
+    assert seeds["best_checkpoint_mean"].notna().all()
+    assert summary.loc[0, "best_checkpoint_iqm"] == pytest.approx(seeds["best_checkpoint_mean"].mean())  # 2 seeds
     assert (seeds["eval_episodes"] == 2).all() and summary.loc[0, "eval_episodes"] == 2
 
     more = subprocess.run(command + ["--skip-train", "--episodes", "3"], cwd=ROOT, capture_output=True, text=True,
@@ -120,7 +125,8 @@ def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
 
 def test_the_suite_evaluates_each_task_with_as_many_episodes_as_ppo_eval(tmp_path, monkeypatch):
     """50 on a DMC task and 10 on a MuJoCo one in the same invocation; --episodes sets both; a seed
-    already evaluated with that number is left alone."""
+    already evaluated with that number is left alone; a best.pt is evaluated too, into its own file,
+    and an eval.json that names best.pt (an earlier ``ppo eval --best`` wrote it) is not the final one's."""
     mujoco_suite = benchmark_module("mujoco_suite")
     folders = {}
     for env_id in ("dm_control/walker-walk-v0", "Hopper-v4"):
@@ -128,19 +134,41 @@ def test_the_suite_evaluates_each_task_with_as_many_episodes_as_ppo_eval(tmp_pat
         seed.mkdir(parents=True)
         (seed / "checkpoint.pt").write_bytes(b"")
         folders[env_id] = seed.parent
+    walker, hopper = folders["dm_control/walker-walk-v0"], folders["Hopper-v4"]
     calls = []
-    monkeypatch.setattr(mujoco_suite.subprocess, "run", lambda command, check: calls.append(command[-3:]))
+    monkeypatch.setattr(mujoco_suite.subprocess, "run", lambda command, check: calls.append(command[4:]))
     mujoco_suite.evaluate_all(folders, None)
-    assert calls == [[str(folders["dm_control/walker-walk-v0"]), "--episodes", "50"],
-                     [str(folders["Hopper-v4"]), "--episodes", "10"]]
+    assert calls == [[str(walker), "--episodes", "50"], [str(hopper), "--episodes", "10"]]
     calls.clear()
     mujoco_suite.evaluate_all(folders, 3)
     assert [call[-1] for call in calls] == ["3", "3"]
     time.sleep(0.01)
-    (folders["Hopper-v4"] / "seed_0" / "eval.json").write_text(json.dumps({"episodes": 10}))
+
+    def result(checkpoint: str, episodes: int = 10) -> str:
+        return json.dumps({"checkpoint": str(hopper / "seed_0" / checkpoint), "mean": 5.0, "episodes": episodes})
+
+    (hopper / "seed_0" / "eval.json").write_text(result("checkpoint.pt"))
     calls.clear()
     mujoco_suite.evaluate_all(folders, None)
-    assert calls == [[str(folders["dm_control/walker-walk-v0"]), "--episodes", "50"]]
+    assert calls == [[str(walker), "--episodes", "50"]]
+
+    (hopper / "seed_0" / "best.pt").write_bytes(b"")
+    time.sleep(0.01)
+    calls.clear()
+    mujoco_suite.evaluate_all({"Hopper-v4": hopper}, None)
+    assert calls == [[str(hopper), "--episodes", "10", "--best"]]
+    (hopper / "seed_0" / "best_eval.json").write_text(result("best.pt"))
+    (hopper / "seed_0" / "eval.json").write_text(result("best.pt"))
+    calls.clear()
+    mujoco_suite.evaluate_all({"Hopper-v4": hopper}, None)
+    assert calls == [[str(hopper), "--episodes", "10"]]
+    assert mujoco_suite.evaluated_episodes(hopper / "seed_0", best=True) == 10
+    assert mujoco_suite.evaluated_episodes(hopper / "seed_0") is None
+    for crafted in ({"checkpoint": str(hopper / "seed_0" / "checkpoint.pt"), "episodes": 10},  # no mean
+                    {"mean": float("nan"), "episodes": 10}, {"mean": True, "episodes": 10}, [1, 2],
+                    {"mean": 1.0, "episodes": True}, {"checkpoint": 3, "mean": 1.0, "episodes": 10}):
+        (hopper / "seed_0" / "eval.json").write_text(json.dumps(crafted))
+        assert mujoco_suite.evaluated_episodes(hopper / "seed_0") is None, crafted
 
 
 @pytest.mark.slow

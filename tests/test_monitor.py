@@ -61,6 +61,24 @@ def test_best_pt_is_the_argmax_of_evaluations_csv(evaluated):
     assert json.loads(result.output)["mean"] == best["mean"]
 
 
+def test_evaluating_best_pt_keeps_the_final_checkpoints_evaluation_and_video(evaluated, monkeypatch):
+    """``ppo eval --best`` writes best_eval.json and best_eval.mp4: the final checkpoint's eval.json,
+    which ``ppo plot --eval``, ``ppo sweep`` and the benchmarks read, stays its own."""
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    final = invoke("eval", evaluated, "--episodes", "2", "--render", "--frames", "3", "--json")
+    assert final.exit_code == 0, final.output
+    kept = {name: (evaluated / name).read_bytes() for name in ("eval.json", "eval.mp4")}
+    best = invoke("eval", evaluated, "--best", "--episodes", "2", "--render", "--frames", "4", "--json")
+    assert best.exit_code == 0, best.output
+    assert {name: (evaluated / name).read_bytes() for name in kept} == kept
+    saved = json.loads((evaluated / "best_eval.json").read_text())
+    assert Path(saved["checkpoint"]).name == "best.pt" and saved["mean"] == json.loads(best.output)["mean"]
+    assert saved["global_step"] == torch.load(evaluated / "best.pt", weights_only=True)["global_step"]
+    assert iio.imread(evaluated / "best_eval.mp4", plugin="FFMPEG").shape[0] == 4
+    assert Path(json.loads((evaluated / "eval.json").read_text())["checkpoint"]).name == "checkpoint.pt"
+
+
 def test_tensorboard_holds_the_csv_values(evaluated):
     pytest.importorskip("tensorboard", reason="the tensorboard extra (make installs it)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

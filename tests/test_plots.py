@@ -133,6 +133,24 @@ def test_identity_from_folders_without_config_and_runs_told_apart_across_folders
     assert len(load([tmp_path, tmp_path / "a"]).table["seed"].unique()) == 1  # the same files once
 
 
+def test_an_eval_json_of_another_checkpoint_is_left_out_with_a_warning(tmp_path):
+    """An eval.json that names best.pt (as ``ppo eval --best`` wrote it before best_eval.json) is not
+    the final checkpoint's evaluation: ``--eval`` skips it, saying why, and reads the others."""
+    for seed in (0, 1, 2):
+        write_seed(tmp_path, "Hopper-v5", "a", seed, [100, 200])
+    folder = tmp_path / "Hopper-v5" / "a"
+    for seed, name in ((0, "checkpoint.pt"), (1, "best.pt")):
+        (folder / f"seed_{seed}" / "eval.json").write_text(json.dumps(
+            {"checkpoint": str(folder / f"seed_{seed}" / name), "global_step": 200, "mean": 10.0 + seed}))
+    (folder / "seed_2" / "eval.json").write_text(json.dumps({"global_step": 200, "mean": None}))
+    dataset = load([tmp_path], with_eval=True)
+    assert dataset.evals["seed"].tolist() == ["0"] and dataset.evals["mean"].tolist() == [10.0]
+    skipped = [w for w in dataset.warnings if "eval.json" in w]
+    assert len(skipped) == 2
+    assert "seed_1/eval.json: it evaluates" in skipped[0] and "best.pt" in skipped[0]
+    assert "not the seed's checkpoint.pt" in skipped[0] and "mean return is None" in skipped[1]
+
+
 # ---- summary -------------------------------------------------------------------------------------
 
 def test_summary_final_return_and_iqm_equal_hand_computed_values(tmp_path):

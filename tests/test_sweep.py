@@ -82,6 +82,29 @@ def test_a_sweep_end_to_end_trains_every_point_and_seed_and_ranks_them(tmp_path)
     assert invoke("diagnose", sweep / "tests.fake_envs_PointEnv" / "lr=1e-3,clip_coef=0.2").exit_code == 0
 
 
+def test_sweep_eval_evaluates_each_final_checkpoint_once_and_again_where_its_eval_json_is_not_its_own(tmp_path):
+    args = [POINT, "--grid", "lr=1e-3,3e-2", "--seeds", "2", *TINY, "--eval", "--episodes", "2", "--quiet"]
+    first = invoke("sweep", *args, "--out", tmp_path)
+    assert first.exit_code == 0, first.output
+    assert "evaluated 4 checkpoint(s), 2 episodes each" in text(first)
+    sweep = tmp_path / "sweeps" / "sweep"
+    ranking = pd.read_csv(sweep / "sweep.csv")
+    assert (ranking["by"] == "eval").all() and (ranking["seeds"] == 2).all() and ranking["iqm"].notna().all()
+    seed_dir = sweep / "tests.fake_envs_PointEnv" / "lr=1e-3" / "seed_0"
+    again = invoke("sweep", "--resume", sweep, "--trust-env", "--eval", "--quiet")
+    assert again.exit_code == 0 and "evaluated 0 checkpoint(s)" in text(again), again.output
+    (seed_dir / "eval.json").write_text(json.dumps(  # as `ppo eval --best` wrote it before best_eval.json
+        {"checkpoint": str(seed_dir / "best.pt"), "global_step": 256, "mean": 1e9, "episodes": 2}))
+    third = invoke("sweep", "--resume", sweep, "--trust-env", "--eval", "--quiet")
+    assert third.exit_code == 0 and "evaluated 1 checkpoint(s)" in text(third), third.output
+    redone = json.loads((seed_dir / "eval.json").read_text())
+    assert Path(redone["checkpoint"]).name == "checkpoint.pt" and redone["mean"] < 1e9
+    assert pd.read_csv(sweep / "sweep.csv")["iqm"].max() < 1e9
+    more = invoke("sweep", "--resume", sweep, "--trust-env", "--eval", "--episodes", "3", "--quiet")
+    assert more.exit_code == 0 and "evaluated 4 checkpoint(s), 3 episodes each" in text(more), more.output
+    assert json.loads((seed_dir / "eval.json").read_text())["episodes"] == 3
+
+
 def test_a_spec_file_and_a_second_sweep_name(tmp_path):
     spec = tmp_path / "sweep.toml"
     spec.write_text(f'envs = ["{POINT}"]\nseeds = 1\n[grid]\nlr = [1e-3, 3e-3]\n'

@@ -30,7 +30,8 @@ import pandas as pd
 
 from ppo_cli.diagnostics import PROGRESS_COLUMNS
 from ppo_cli.errors import UserError
-from ppo_cli.layout import CONFIG_FILE, EPISODES_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRESS_FILE
+from ppo_cli.layout import (CONFIG_FILE, EPISODES_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRESS_FILE, LayoutError,
+                             read_evaluation)
 from ppo_cli.plots import X_AXES
 
 
@@ -310,15 +311,14 @@ def _progress_rows(progress: pd.DataFrame, sd: _SeedDir) -> pd.DataFrame:
 
 def _read_eval(path: Path, warnings: list[str]) -> dict[str, object] | None:
     try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-        mean = float(result["mean"])
-        row = {"global_step": int(result.get("global_step", -1)), "mean": mean,
+        result = read_evaluation(path)
+        row = {"global_step": int(result.get("global_step", -1)), "mean": float(result["mean"]),
                "episodes": int(result.get("episodes", len(result.get("returns", [])) or 0))}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        warnings.append(f"skipped {path}: not a `ppo eval` result ({type(exc).__name__}: {exc})")
+    except LayoutError as exc:
+        warnings.append(f"skipped {exc}")
         return None
-    if not math.isfinite(mean):
-        warnings.append(f"skipped {path}: mean return is {mean}")
+    except (TypeError, ValueError) as exc:
+        warnings.append(f"skipped {path}: not a `ppo eval` result ({type(exc).__name__}: {exc})")
         return None
     return row
 
