@@ -2,8 +2,10 @@
 
 Ray's workers need not share a file system with the driver, so a job travels as data: each task
 trains one *segment* of a job (about a tenth of its iterations) in a temporary folder of its own,
-starting from the files the driver sends (none, or the seed folder's checkpoint and CSVs), and
-returns the seed folder's files as bytes; the driver writes them into the sweep folder
+starting from the files the driver sends (none, or what a resume reads: the seed folder's
+checkpoint, CSVs and best checkpoint), and returns every file the seed folder holds as bytes
+(with ``--eval-interval``, ``--tensorboard`` and ``--video-interval`` also ``evaluations.csv``,
+``best.pt``, the event files and ``videos/``); the driver writes them into the sweep folder
 (atomically) and sends the next segment. A segment ends like a Ctrl-C at the end of an iteration,
 so the checkpoint it returns resumes exactly (an interrupted and resumed run equals an
 uninterrupted one: tested), and a job trained in segments on Ray writes the same rows as one
@@ -22,9 +24,10 @@ from typing import Any, Callable
 from ppo_cli.errors import UserError
 from ppo_cli.files import atomic_write
 from ppo_cli.launch import SeedJob
-from ppo_cli.layout import CHECKPOINT_FILE, CONFIG_FILE, EPISODES_FILE, ERROR_FILE, PROGRESS_FILE
+from ppo_cli.files import LOCK_FILE
+from ppo_cli.layout import BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, EPISODES_FILE, EVALUATIONS_FILE, PROGRESS_FILE
 
-FILES = (CONFIG_FILE, PROGRESS_FILE, EPISODES_FILE, CHECKPOINT_FILE, ERROR_FILE)
+RESUME_FILES = (CONFIG_FILE, PROGRESS_FILE, EPISODES_FILE, CHECKPOINT_FILE, EVALUATIONS_FILE, BEST_FILE)  # sent
 SEGMENTS = 10  # segments per job: how much a lost worker can cost
 SEGMENT_END = 0  # the "signal" of a segment that ended as planned
 RETRIES = 3
@@ -90,15 +93,25 @@ def train_segment(config: dict[str, Any], files: dict[str, bytes], until_iterati
         for name, data in files.items():
             Path(folder, name).write_bytes(data)
         result = train(Config.from_dict(config), Path(folder), on_iteration, resume=resume, stop=stop)
-        out = {name: Path(folder, name).read_bytes() for name in FILES if Path(folder, name).is_file()}
+        out = {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(Path(folder).rglob("*"))
+               if path.is_file() and path.name != LOCK_FILE and not path.name.startswith(".")}
     return {"files": out, "rows": rows, "result": asdict(result)}
 
 
 def _send(job: SeedJob) -> dict[str, bytes]:
-    """What a job's next segment starts from: its seed folder's files (none for a fresh start)."""
+    """What a job's next segment starts from: the seed folder's files that a resume reads (none for a
+    fresh start)."""
     if not job.resume:
         return {}
-    return {name: (job.run_dir / name).read_bytes() for name in FILES[:-1] if (job.run_dir / name).is_file()}
+    return {name: (job.run_dir / name).read_bytes() for name in RESUME_FILES if (job.run_dir / name).is_file()}
+
+
+def _destination(run_dir: Path, name: object) -> Path:
+    """Where a returned file goes: below the seed folder, never elsewhere (the name comes from a worker)."""
+    parts = Path(name).parts if isinstance(name, str) else ()
+    if not parts or Path(name).is_absolute() or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"a Ray worker returned the file name {name!r}, which is not inside a seed folder")
+    return run_dir.joinpath(*parts)
 
 
 def run_on_ray(jobs: list[SeedJob], address: str, on_event: Callable[[Any], None], stop: Any) -> list[Any]:
@@ -161,8 +174,13 @@ def _receive(ray: Any, ref: Any, job: SeedJob, on_event: Callable[[Any], None]) 
     except Exception as exc:  # the task failed after its retries: Ray reports it in many ways
         return TrainResult(job.config.seed, str(job.run_dir), "failed", message=f"Ray task failed: "
                                                                               f"{type(exc).__name__}: {exc}")
-    for name, data in out["files"].items():
-        atomic_write(job.run_dir / name, lambda f, data=data: f.write(data))
+    try:
+        destinations = {_destination(job.run_dir, name): data for name, data in out["files"].items()}
+    except ValueError as exc:
+        return TrainResult(job.config.seed, str(job.run_dir), "failed", message=str(exc))
+    for path, data in destinations.items():
+        path.parent.mkdir(parents=True, exist_ok=True)  # videos/
+        atomic_write(path, lambda f, data=data: f.write(data))
     for row in out["rows"]:
         on_event(("iteration", job.ident, row))
     result = TrainResult(**out["result"])

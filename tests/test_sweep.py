@@ -3,6 +3,7 @@ local Ray clusters (one started in-process, one by `ray start --head` in a subpr
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from ppo_cli.cli import cli
@@ -219,17 +221,36 @@ def _same_as_local(tmp_path: Path, ray_args: list[str], monkeypatch) -> None:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # where Ray's workers find tests.fake_envs
     for name, value in RAY_ENV.items():
         monkeypatch.setenv(name, value)
-    args = ["sweep", POINT, "--grid", "lr=1e-3,3e-3", "--seeds", "1", *TINY, "--quiet"]
+    tensorboard = importlib.util.find_spec("tensorboard") is not None  # the extra (make installs it)
+    args = ["sweep", POINT, "--grid", "lr=1e-3,3e-3", "--seeds", "1", *TINY, "--eval-interval", "2",
+            "--eval-episodes", "2", *(["--tensorboard"] if tensorboard else []), "--quiet"]
     on_ray = invoke(*args, "--out", tmp_path / "ray", *ray_args)
     assert on_ray.exit_code == 0, on_ray.output
     assert invoke(*args, "--out", tmp_path / "local").exit_code == 0
     for point in ("lr=1e-3", "lr=3e-3"):
         part = Path("sweeps") / "sweep" / "tests.fake_envs_PointEnv" / point / "seed_0"
-        for name in ("config.json", "checkpoint.pt", "episodes.csv"):
-            assert (tmp_path / "ray" / part / name).is_file(), name  # the files came back to the driver
-        assert progress(tmp_path / "ray" / part).equals(progress(tmp_path / "local" / part))  # same rows
+        ray_dir, local_dir = tmp_path / "ray" / part, tmp_path / "local" / part
+        for name in ("config.json", "checkpoint.pt", "episodes.csv", "evaluations.csv", "best.pt"):
+            assert (ray_dir / name).is_file(), name  # the files came back to the driver
+        assert progress(ray_dir).equals(progress(local_dir))  # same rows
+        evaluations = [pd.read_csv(d / "evaluations.csv").drop(columns="time_s") for d in (ray_dir, local_dir)]
+        assert evaluations[0].equals(evaluations[1]) and len(evaluations[0]) == 2  # trained in 4 segments
+        best = [torch.load(d / "best.pt", weights_only=True) for d in (ray_dir, local_dir)]
+        assert best[0]["global_step"] == best[1]["global_step"]
+        assert all(torch.equal(a, b) for a, b in zip(best[0]["model"].values(), best[1]["model"].values()))
+        if tensorboard:
+            assert list(ray_dir.glob("events.out.tfevents.*"))
     assert pd.read_csv(tmp_path / "ray" / "sweeps" / "sweep" / "sweep.csv")["point"].tolist() == \
         pd.read_csv(tmp_path / "local" / "sweeps" / "sweep" / "sweep.csv")["point"].tolist()
+
+
+def test_a_file_name_from_a_worker_stays_inside_the_seed_folder(tmp_path):
+    from ppo_cli.ray_jobs import _destination
+
+    assert _destination(tmp_path, "videos/step_2.mp4") == tmp_path / "videos" / "step_2.mp4"
+    for name in ("../escape.csv", "/etc/passwd", "", "videos/../../x", 3, "."):
+        with pytest.raises(ValueError, match="not inside a seed folder"):
+            _destination(tmp_path, name)
 
 
 def test_ray_in_process_cluster_gives_the_local_rows(tmp_path, monkeypatch):
