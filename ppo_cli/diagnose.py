@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ppo_cli.layout import CONFIG_FILE, ERROR_FILE
+from ppo_cli.layout import CONFIG_FILE, ERROR_FILE, current_evaluation
 from ppo_cli.plots.data import Dataset, PlotError, load, rolling_mean
 
 SEVERITIES = ("problem", "warning", "note")
@@ -85,6 +85,15 @@ THRESHOLDS: dict[str, Threshold] = {
     "few_episodes": Threshold(10, "episodes ended per seed below which the return cannot be judged",
                               "fewer than 10 returns leave the final return (mean of the last 10% of steps) to "
                               "one or two episodes"),
+    "eval_split": Threshold(0.9, "share of the variance of the final checkpoint's `ppo eval` returns between its two "
+                                 "groups (the best cut of the sorted returns, 20% of the episodes or more on each "
+                                 "side) above which the outcomes split in two",
+                            "this project's DMC walker-walk seeds: 0.94-0.99, where the start state's tilt picks "
+                            "walking or crawling; 20-50 draws from a normal, uniform, exponential or lognormal "
+                            "distribution exceed 0.9 in under 1% of cases (simulated)"),
+    "eval_split_episodes": Threshold(20, "evaluation episodes below which a split is not judged",
+                                     "10 uniform, exponential or lognormal draws exceed eval_split 7-8% of the "
+                                     "time, 20 draws under 1% (simulated)"),
 }
 """Every number the rules use, with what it means and where it comes from (README "Reading a run")."""
 
@@ -135,6 +144,8 @@ class SeedCurves:
     curves: dict[str, tuple[np.ndarray, np.ndarray]]
     config: dict[str, Any] = field(default_factory=dict)
     error: str = ""  # the last line of the seed's error.txt, if it failed
+    evaluation: tuple[float, ...] = ()  # the returns of the final checkpoint's up-to-date ``ppo eval`` (eval.json)
+    evaluation_step: int = 0  # the global_step of that checkpoint
 
     def get(self, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
         pair = self.curves.get(metric)
@@ -438,9 +449,55 @@ def few_episodes(seed: SeedCurves) -> list[Finding]:
                      "rules on returns stay silent", [f"--total-steps {max(4 * seed.total_steps, 100_000)}"])]
 
 
+def two_groups(returns: Sequence[float], share: float = 0.2) -> tuple[float, int]:
+    """The best cut of the sorted ``returns`` into a lower and an upper group, each holding at least
+    ``share`` of them: (the share of the variance between the groups, the size of the lower group).
+    (0, 0) where the returns do not vary or are too few to cut."""
+    values = np.sort(np.asarray(returns, dtype=float))
+    n = len(values)
+    smallest = max(1, math.ceil(share * n))
+    total = float(np.sum((values - values.mean()) ** 2))
+    if n < 2 * smallest or not total > 0:
+        return 0.0, 0
+    cumsum, cumsq = np.cumsum(values), np.cumsum(values ** 2)
+    k = np.arange(smallest, n - smallest + 1)  # the lower group's sizes
+    low = cumsq[k - 1] - cumsum[k - 1] ** 2 / k
+    high = (cumsq[-1] - cumsq[k - 1]) - (cumsum[-1] - cumsum[k - 1]) ** 2 / (n - k)
+    between = 1.0 - (low + high) / total
+    best = int(np.argmax(between))
+    return float(between[best]), int(k[best])
+
+
+def evaluation_split(seed: SeedCurves) -> list[Finding]:
+    """The final checkpoint's ``ppo eval`` returns (``eval_split_episodes`` or more) fall into two groups
+    far apart for their own spread (``eval_split`` of the variance between them), and far apart for
+    the returns' scale (10% of the larger group mean's size): the deterministic policy succeeds from
+    some start states and fails from others."""
+    returns = np.asarray(seed.evaluation, dtype=float)
+    if len(returns) < THRESHOLDS["eval_split_episodes"].value or not np.all(np.isfinite(returns)):
+        return []
+    between, k = two_groups(returns)
+    ordered = np.sort(returns)
+    low, high = (float(ordered[:k].mean()), float(ordered[k:].mean())) if k else (0.0, 0.0)
+    if between < THRESHOLDS["eval_split"].value or high - low < 0.1 * max(abs(low), abs(high)):
+        return []
+    n = len(returns)
+    return [_finding(seed, "eval_split", "note", "the evaluation splits in two: some start states fail",
+                     "evaluation", (seed.evaluation_step,) * 2, between, THRESHOLDS["eval_split"].value,
+                     f"`ppo eval` at step {_k(seed.evaluation_step)}: {k} of {n} episodes average {low:.4g} "
+                     f"({ordered[0]:.4g} to {ordered[k - 1]:.4g}), the other {n - k} {high:.4g} ({ordered[k]:.4g} "
+                     f"to {ordered[-1]:.4g}); the groups hold {between:.0%} of the variance; the mean "
+                     f"{returns.mean():.4g} describes neither",
+                     "the deterministic policy reaches one behaviour from some start states and another from the "
+                     "rest (DMC walker-walk: walking, or crawling on its knees after a backward start): a change "
+                     "moves the mean by moving episodes between the groups, and two seeds rarely show that",
+                     ["ppo eval SEED_FOLDER --render --frames 5000 (watch the first episodes; each episode's "
+                      "return is in eval.json)", "--seeds 5"])]
+
+
 SEED_RULES: tuple[Callable[[SeedCurves], list[Finding]], ...] = (
     diverged, failed, kl_too_high, kl_spikes, updates_cut_short, clipfrac_high, std_rising, entropy_negative_early,
-    value_loss_exploding, critic_not_learning, return_collapse, few_episodes)
+    value_loss_exploding, critic_not_learning, return_collapse, few_episodes, evaluation_split)
 """The rules that read one seed (also run live during ``ppo train``)."""
 
 
@@ -592,8 +649,9 @@ def seed_curves(dataset: Dataset) -> dict[tuple[str, str], list[SeedCurves]]:
             series = part.groupby("step")["value"].mean().sort_index()  # one value per step
             curves[metric] = (series.index.to_numpy(dtype=float), series.to_numpy(dtype=float))
         folder = folders.get((env, run, seed))
+        returns, step = _read_evaluation(folder)
         runs.setdefault((env, run), []).append(
-            SeedCurves(env, run, seed, curves, _read_config(folder), _read_error(folder)))
+            SeedCurves(env, run, seed, curves, _read_config(folder), _read_error(folder), returns, step))
     for seeds in runs.values():
         seeds.sort(key=lambda s: (len(s.seed), s.seed))
     return runs
@@ -605,6 +663,18 @@ def _read_config(folder: Path | None) -> dict[str, Any]:
     except (TypeError, OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _read_evaluation(folder: Path | None) -> tuple[tuple[float, ...], int]:
+    """The returns and step of the seed's up-to-date ``eval.json`` (:func:`~ppo_cli.layout.current_evaluation`);
+    none where it is missing, stale, another checkpoint's, or holds anything but finite numbers."""
+    result = current_evaluation(folder) if folder is not None else None
+    returns = result.get("returns") if result is not None else None
+    step = result.get("global_step") if result is not None else None
+    if not isinstance(returns, list) or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and
+                                                math.isfinite(r) for r in returns):
+        return (), 0
+    return tuple(float(r) for r in returns), step if isinstance(step, int) and not isinstance(step, bool) else 0
 
 
 def _read_error(folder: Path | None) -> str:

@@ -4,6 +4,8 @@ merging across seeds, coincidences, the live diagnosis, and the command (table, 
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +164,66 @@ def test_std_collapsing_while_the_return_is_low_is_premature_convergence():
     (finding,) = dg.std_collapse([seed(name="0"), stuck])
     assert finding.seeds == ("1",) and "premature" in finding.meaning
     assert dg.std_collapse([seed(name="0"), seed(name="1")]) == []
+
+
+def test_two_groups_is_the_best_cut_by_brute_force():
+    rng = np.random.default_rng(3)
+    for returns in (rng.normal(0, 1, 30), np.r_[rng.normal(250, 5, 26), rng.normal(930, 30, 24)], rng.random(11)):
+        ordered, n = np.sort(returns), len(returns)
+        total = np.sum((ordered - ordered.mean()) ** 2)
+        cuts = {k: 1 - (np.sum((ordered[:k] - ordered[:k].mean()) ** 2) + np.sum((ordered[k:] - ordered[k:].mean()) ** 2))
+                / total for k in range(int(np.ceil(0.2 * n)), n - int(np.ceil(0.2 * n)) + 1)}
+        best = max(cuts, key=cuts.get)
+        assert dg.two_groups(returns) == (pytest.approx(cuts[best], abs=1e-9), best)
+    assert dg.two_groups(np.full(30, 7.0)) == (0.0, 0) and dg.two_groups([1.0]) == (0.0, 0)
+
+
+def test_an_evaluation_that_splits_in_two_is_a_note_with_both_groups():
+    rng = np.random.default_rng(0)
+    walker = np.r_[rng.normal(250, 5, 26), rng.normal(930, 30, 24)]  # crawling and walking, as measured
+    (finding,) = dg.evaluation_split(replace(seed(), evaluation=tuple(walker), evaluation_step=999_424))
+    assert finding.severity == "note" and finding.rule == "eval_split" and finding.value > 0.95
+    low, high = np.sort(walker)[:26].mean(), np.sort(walker)[26:].mean()
+    assert f"26 of 50 episodes average {low:.4g}" in finding.evidence and f"the other 24 {high:.4g}" in finding.evidence
+    assert "at step 999k" in finding.evidence and f"the mean {walker.mean():.4g} describes neither" in finding.evidence
+    for returns in (rng.uniform(0, 1000, 50),  # spread out, one group
+                    walker[::5],  # 10 episodes: too few to judge
+                    np.r_[np.full(25, 1000.0), np.full(25, 1001.0)],  # two groups 0.1% apart
+                    np.r_[walker[:-1], np.nan]):
+        assert dg.evaluation_split(replace(seed(), evaluation=tuple(returns))) == [], returns
+    assert dg.evaluation_split(seed()) == []  # no evaluation
+
+
+def test_one_group_of_20_or_50_episodes_rarely_reads_as_two():
+    """The calibration the threshold's source quotes: draws from one distribution (no split) exceed
+    eval_split in under 1% of 1000 evaluations of 20 episodes, and never in 50."""
+    rng = np.random.default_rng(7)
+    for n, limit in ((20, 0.01), (50, 0.0)):
+        for draw in (rng.standard_normal, rng.random, rng.exponential, lambda size: rng.lognormal(0, 1, size)):
+            shares = np.array([dg.two_groups(draw(size=n))[0] for _ in range(1000)])
+            assert (shares >= dg.THRESHOLDS["eval_split"].value).mean() <= limit, (n, draw)
+
+
+def test_diagnose_reads_the_final_checkpoints_up_to_date_eval_json(tmp_path):
+    folder = write_run(tmp_path, "evaluated", {"0": healthy_curves()})
+    seed_dir = folder / "seed_0"
+    (seed_dir / "checkpoint.pt").write_bytes(b"")
+    returns = [250.0 + k for k in range(26)] + [930.0 + k for k in range(24)]
+
+    def rules(evaluated: str = "checkpoint.pt", stale: bool = False) -> list[str]:
+        (seed_dir / "eval.json").write_text(json.dumps({"checkpoint": str(seed_dir / evaluated), "global_step": 409600,
+                                                        "mean": float(np.mean(returns)), "returns": returns}))
+        if stale:
+            os.utime(seed_dir / "eval.json", (1, 1))  # older than the checkpoint
+        result = invoke("diagnose", folder, "--json")
+        assert result.exit_code == 0, result.output
+        return [f["rule"] for f in json.loads(result.output)["runs"][0]["findings"]]
+
+    assert rules() == ["eval_split"]
+    table = " ".join(invoke("diagnose", folder).output.split())
+    assert "the evaluation splits in two: some start states fail" in table and "26 of 50 episodes average 262.5" in table
+    assert rules("best.pt") == []  # not the final checkpoint's
+    assert rules(stale=True) == []
 
 
 def test_seeds_that_disagree_are_named():
