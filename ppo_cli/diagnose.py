@@ -456,7 +456,8 @@ def two_groups(returns: Sequence[float], share: float = 0.2) -> tuple[float, int
     values = np.sort(np.asarray(returns, dtype=float))
     n = len(values)
     smallest = max(1, math.ceil(share * n))
-    total = float(np.sum((values - values.mean()) ** 2))
+    values = values - values.mean() if n else values  # centred: the running sums below lose no digits
+    total = float(np.sum(values ** 2))
     if n < 2 * smallest or not total > 0:
         return 0.0, 0
     cumsum, cumsq = np.cumsum(values), np.cumsum(values ** 2)
