@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,21 @@ def test_an_eval_json_of_another_checkpoint_is_left_out_with_a_warning(tmp_path)
     assert len(skipped) == 2
     assert "seed_1/eval.json: it evaluates" in skipped[0] and "best.pt" in skipped[0]
     assert "not the seed's checkpoint.pt" in skipped[0] and "mean return is None" in skipped[1]
+
+
+def test_an_eval_json_older_than_its_checkpoint_is_kept_and_said(tmp_path):
+    """After a resume that trained on, eval.json evaluates an earlier state: kept, with a warning."""
+    write_seed(tmp_path, "Hopper-v5", "a", 0, [100, 200])
+    seed_dir = tmp_path / "Hopper-v5" / "a" / "seed_0"
+    (seed_dir / "eval.json").write_text(json.dumps({"checkpoint": str(seed_dir / "checkpoint.pt"),
+                                                    "global_step": 100, "mean": 10.0}))
+    (seed_dir / "checkpoint.pt").write_bytes(b"")
+    assert not [w for w in load([tmp_path], with_eval=True).warnings if "older" in w]
+    os.utime(seed_dir / "eval.json", (1, 1))
+    dataset = load([tmp_path], with_eval=True)
+    assert dataset.evals["mean"].tolist() == [10.0]
+    (warning,) = [w for w in dataset.warnings if "older" in w]
+    assert "eval.json is older than checkpoint.pt: it evaluates step 100" in warning and "ppo eval" in warning
 
 
 # ---- summary -------------------------------------------------------------------------------------

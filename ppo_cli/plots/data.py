@@ -30,8 +30,8 @@ import pandas as pd
 
 from ppo_cli.diagnostics import PROGRESS_COLUMNS
 from ppo_cli.errors import UserError
-from ppo_cli.layout import (CONFIG_FILE, EPISODES_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRESS_FILE, LayoutError,
-                             read_evaluation)
+from ppo_cli.layout import (CHECKPOINT_FILE, CONFIG_FILE, EPISODES_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRESS_FILE,
+                             LayoutError, read_evaluation)
 from ppo_cli.plots import X_AXES
 
 
@@ -149,6 +149,7 @@ def load(folders: Sequence[Path], with_eval: bool = False) -> Dataset:
             row = _read_eval(sd.path / EVAL_FILE, warnings)
             if row is not None:
                 eval_rows.append({"env": sd.env, "run": sd.run, "seed": sd.seed, **row})
+                _warn_if_older(sd.path, row, warnings)
     frames = [f for f in frames if not f.empty]
     if not frames:
         where = ", ".join(str(f) for f in folders)
@@ -321,6 +322,18 @@ def _read_eval(path: Path, warnings: list[str]) -> dict[str, object] | None:
         warnings.append(f"skipped {path}: not a `ppo eval` result ({type(exc).__name__}: {exc})")
         return None
     return row
+
+
+def _warn_if_older(seed_dir: Path, row: dict[str, object], warnings: list[str]) -> None:
+    """An ``eval.json`` older than the seed's checkpoint evaluates an earlier state of it (the run was
+    resumed and trained on): it is kept (a copy can reorder the files' times), and said."""
+    try:
+        older = (seed_dir / EVAL_FILE).stat().st_mtime < (seed_dir / CHECKPOINT_FILE).stat().st_mtime
+    except OSError:
+        return
+    if older:
+        warnings.append(f"{seed_dir / EVAL_FILE} is older than {CHECKPOINT_FILE}: it evaluates step "
+                        f"{row['global_step']}, and the seed trained on since; run `ppo eval` on it again")
 
 
 def _natural_key(text: str) -> list[object]:
