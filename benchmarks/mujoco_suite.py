@@ -30,8 +30,9 @@ name would shadow the ``mujoco`` package.)
    diagnostics across seeds, one column per task) and per task: seeds, IQM of the evaluation
    return with its 95% stratified-bootstrap interval, mean +- std, the final training return
    (mean of the episodes in each seed's last 10% of steps), the last and the best evaluation
-   during training (10 episodes every 10 iterations, every 50 on DMC; the best is optimistic), the
-   IQM of the best checkpoints' evaluations (``best_checkpoint_iqm``), wall time and steps/s. Written to ``RESULTS/summary.csv``,
+   during training (10 episodes every 10 iterations, every 50 on DMC; the best is optimistic),
+   the IQM of the best checkpoints' evaluations (``best_checkpoint_iqm``), wall time and
+   steps/s. Written to ``RESULTS/summary.csv``,
    ``RESULTS/seeds.csv``, ``RESULTS/learning_curves.png``, ``RESULTS/config.json`` and
    ``RESULTS/versions.json`` (the package versions and CPU kernels each checkpoint recorded: two
    runs of the benchmark on other versions or kernels are two samples; ``benchmarks/pool.py``

@@ -52,9 +52,10 @@ BEST_EVAL_FILE = "best_eval.json"  # ppo eval --best: best.pt's result (eval.jso
 BEST_EVAL_VIDEO = "best_eval.mp4"
 VIDEOS_DIR = "videos"  # --video-interval: videos/step_<global_step>.mp4
 __all__ = ["LOCK_FILE", "RUN_FILE", "CONFIG_FILE", "PROGRESS_FILE", "EPISODES_FILE", "CHECKPOINT_FILE", "EVAL_FILE",
-           "EVAL_VIDEO", "ERROR_FILE", "EVALUATIONS_FILE", "BEST_FILE", "BEST_EVAL_FILE", "BEST_EVAL_VIDEO", "VIDEOS_DIR", "LayoutError", "RunRecord", "SeedPlan", "env_folder", "seed_folder",
-           "is_seed_dir", "seed_dirs", "checkpoint_files", "evaluation_outputs",
-           "read_evaluation", "current_evaluation", "run_folder_of", "read_run", "write_run", "plan_resume"]
+           "EVAL_VIDEO", "ERROR_FILE", "EVALUATIONS_FILE", "BEST_FILE", "BEST_EVAL_FILE", "BEST_EVAL_VIDEO",
+           "VIDEOS_DIR", "LayoutError", "RunRecord", "SeedPlan", "env_folder", "seed_folder", "is_seed_dir",
+           "seed_dirs", "checkpoint_files", "evaluation_outputs", "read_evaluation", "current_evaluation",
+           "run_folder_of", "read_run", "write_run", "plan_resume"]
 
 RUN_FORMAT = "ppo_cli.run"
 MAX_SEEDS = 100_000  # more seeds than any run.json ppo writes: a crafted file is refused, not obeyed
