@@ -55,7 +55,7 @@ __all__ = ["LOCK_FILE", "RUN_FILE", "CONFIG_FILE", "PROGRESS_FILE", "EPISODES_FI
            "EVAL_VIDEO", "ERROR_FILE", "EVALUATIONS_FILE", "BEST_FILE", "BEST_EVAL_FILE", "BEST_EVAL_VIDEO",
            "VIDEOS_DIR", "LayoutError", "RunRecord", "SeedPlan", "env_folder", "seed_folder", "is_seed_dir",
            "seed_dirs", "checkpoint_files", "evaluation_outputs", "read_evaluation", "current_evaluation",
-           "run_folder_of", "read_run", "write_run", "plan_resume"]
+           "evaluation_is_older", "run_folder_of", "read_run", "write_run", "plan_resume"]
 
 RUN_FORMAT = "ppo_cli.run"
 MAX_SEEDS = 100_000  # more seeds than any run.json ppo writes: a crafted file is refused, not obeyed
@@ -203,13 +203,22 @@ def current_evaluation(seed_dir: Path, best: bool = False) -> dict[str, Any] | N
     """The seed's evaluation of its ``checkpoint.pt`` (``best``: of its ``best.pt``) where it is up to
     date: readable (:func:`read_evaluation`) and newer than that checkpoint; None where it is missing,
     older, or not that checkpoint's (then the checkpoint is to be evaluated again)."""
+    if evaluation_is_older(seed_dir, best) is not False:
+        return None
     checkpoint = Path(seed_dir) / (BEST_FILE if best else CHECKPOINT_FILE)
-    path = evaluation_outputs(checkpoint)[0]
     try:
-        if path.stat().st_mtime < checkpoint.stat().st_mtime:
-            return None
-        return read_evaluation(path)
-    except (OSError, LayoutError):
+        return read_evaluation(evaluation_outputs(checkpoint)[0])
+    except LayoutError:
+        return None
+
+
+def evaluation_is_older(seed_dir: Path, best: bool = False) -> bool | None:
+    """Whether the seed's evaluation of its ``checkpoint.pt`` (``best``: ``best.pt``) is older than that
+    checkpoint, so evaluates an earlier state of it (a resume trained on); None where either is missing."""
+    checkpoint = Path(seed_dir) / (BEST_FILE if best else CHECKPOINT_FILE)
+    try:
+        return evaluation_outputs(checkpoint)[0].stat().st_mtime < checkpoint.stat().st_mtime
+    except OSError:
         return None
 
 

@@ -24,7 +24,6 @@ from typing import Any, Callable
 from ppo_cli.errors import UserError
 from ppo_cli.files import atomic_write
 from ppo_cli.launch import SeedJob
-from ppo_cli.files import LOCK_FILE
 from ppo_cli.layout import BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, EPISODES_FILE, EVALUATIONS_FILE, PROGRESS_FILE
 
 RESUME_FILES = (CONFIG_FILE, PROGRESS_FILE, EPISODES_FILE, CHECKPOINT_FILE, EVALUATIONS_FILE, BEST_FILE)  # sent
@@ -94,7 +93,7 @@ def train_segment(config: dict[str, Any], files: dict[str, bytes], until_iterati
             Path(folder, name).write_bytes(data)
         result = train(Config.from_dict(config), Path(folder), on_iteration, resume=resume, stop=stop)
         out = {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(Path(folder).rglob("*"))
-               if path.is_file() and path.name != LOCK_FILE and not path.name.startswith(".")}
+               if path.is_file() and not path.name.startswith(".")}  # not the .lock, nor a temporary
     return {"files": out, "rows": rows, "result": asdict(result)}
 
 

@@ -248,7 +248,8 @@ def summarise(sweep_dir: Path, with_eval: bool = False) -> tuple[pd.DataFrame, P
 def evaluate_checkpoints(sweep_dir: Path, episodes: int | None) -> int:
     """``ppo eval`` (deterministic, seed 0) of every final checkpoint whose ``eval.json`` is missing, older,
     not its own (:func:`~ppo_cli.layout.current_evaluation`) or, where ``episodes`` is given, of another
-    number of episodes; returns how many were evaluated. The environments are the sweep's own (checked when it was planned)."""
+    number of episodes; returns how many were evaluated. The environments are the sweep's own (checked
+    when it was planned)."""
     from ppo_cli.checkpoint import CheckpointError
     from ppo_cli.envs import EnvError
     from ppo_cli.evaluate import evaluate, load_agent, save_result

@@ -31,7 +31,7 @@ import pandas as pd
 from ppo_cli.diagnostics import PROGRESS_COLUMNS
 from ppo_cli.errors import UserError
 from ppo_cli.layout import (CHECKPOINT_FILE, CONFIG_FILE, EPISODES_FILE, EVAL_FILE, EVALUATIONS_FILE, PROGRESS_FILE,
-                             LayoutError, read_evaluation)
+                             LayoutError, evaluation_is_older, read_evaluation)
 from ppo_cli.plots import X_AXES
 
 
@@ -327,11 +327,7 @@ def _read_eval(path: Path, warnings: list[str]) -> dict[str, object] | None:
 def _warn_if_older(seed_dir: Path, row: dict[str, object], warnings: list[str]) -> None:
     """An ``eval.json`` older than the seed's checkpoint evaluates an earlier state of it (the run was
     resumed and trained on): it is kept (a copy can reorder the files' times), and said."""
-    try:
-        older = (seed_dir / EVAL_FILE).stat().st_mtime < (seed_dir / CHECKPOINT_FILE).stat().st_mtime
-    except OSError:
-        return
-    if older:
+    if evaluation_is_older(seed_dir):
         warnings.append(f"{seed_dir / EVAL_FILE} is older than {CHECKPOINT_FILE}: it evaluates step "
                         f"{row['global_step']}, and the seed trained on since; run `ppo eval` on it again")
 
