@@ -2,15 +2,17 @@
 # Real runs that produce each symptom `ppo diagnose` reads, on purpose, and healthy runs that must
 # produce none; then `ppo diagnose` on each and a table: case x expected finding x found.
 #
-#     bash benchmarks/diagnose_cases.sh            # about 40 minutes on 2 cores; resumes where it stopped
+#     bash benchmarks/diagnose_cases.sh            # about 50 minutes on 2 cores; resumes where it stopped
 #     STEPS=50000 bash benchmarks/diagnose_cases.sh /tmp/cases   # a quick look
 #     ONLY="dmc-entropy-bonus dmc-no-bonus" bash benchmarks/diagnose_cases.sh   # train and read only these
 #
-# Every case is 2 seeds (trained side by side) of STEPS steps (default 200k). Runs go to RUNS
+# Every case is 2 seeds (trained side by side) of STEPS steps (default 200k; the 1M-frame DMC cases
+# set their own). Runs go to RUNS
 # (default results/diagnose_cases, not committed); each case's `ppo diagnose --json` output and
 # `--plot` figure, and the table (cases.txt), go to benchmarks/results/diagnose/ (committed). With
 # ONLY, the other cases are neither trained nor read again: the table takes their committed output.
-# The two DMC cases (the dmc extra) are the tuning study's cheetah-run with and without the bonus.
+# The DMC cases (the dmc extra): the tuning study's cheetah-run with and without the bonus, and two
+# healthy runs at the DMC benchmark's budget (1M frames) with the best measured config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-results/diagnose_cases}
@@ -19,7 +21,8 @@ PPO=${PPO:-.venv/bin/ppo}
 STEPS=${STEPS:-200000}
 mkdir -p "$RUNS" "$OUT"
 
-# name | expected rules (any one of them counts as found; "healthy": no problem and no warning) | ppo train arguments
+# name | expected rules (any one of them counts as found; RULE:SEVERITY only at that severity; "healthy": no
+# problem and no warning) | ppo train arguments
 CASES=(
   "healthy-hopper|healthy|hopper"
   "healthy-halfcheetah|healthy|halfcheetah"
@@ -34,6 +37,9 @@ CASES=(
   "short-run|few_episodes|halfcheetah --total-steps 20480"
   "dmc-entropy-bonus|std_rising|dmc:cheetah-run --ent-coef 0.01 --init-log-std 0"
   "dmc-no-bonus|healthy|dmc:cheetah-run --ent-coef 0 --init-log-std 0"
+  "healthy-dmc-walker-walk|healthy|dmc:walker-walk --total-steps 1000000"
+  "healthy-dmc-walker-run|healthy|dmc:walker-run --preset tuned --total-steps 1000000"
+  "dmc-spike-then-collapse|kl_spike:warning|dmc:cartpole-swingup --preset tuned --total-steps 1000000"
 )
 ONLY=${ONLY:-}
 
@@ -70,8 +76,8 @@ for line in cases:
         bad = [(r, s) for r, s in found if s in ("problem", "warning")]
         ok = not bad
         false_findings += [f"{name}: {r} ({s})" for r, s in bad]
-    else:
-        ok = any(r in expected.split() for r, _ in found)  # a note counts: few_episodes is one
+    else:  # "rule" at any severity (a note counts: few_episodes is one), or "rule:severity"
+        ok = any(f"{r}:{s}" in expected.split() or r in expected.split() for r, s in found)
     hits += ok
     print(f"{name:<22} {expected:<34} {shown:<60} {'found' if ok else 'MISSED'}")
 print(f"\n{hits} of {len(cases)} cases read as expected")
