@@ -370,8 +370,10 @@ def std_rising(seed: SeedCurves) -> list[Finding]:
         return []
     steps, std = pair
     early, late = head(smoothed(std)), tail(smoothed(std))
+    if not early > 0:  # a std of 0 (or NaN) at the start: no level to rise from
+        return []
     ratio = late / early
-    if ratio <= THRESHOLDS["std_rise"].value:
+    if not ratio > THRESHOLDS["std_rise"].value:
         return []
     ent_coef = seed.option("ent_coef", 0.0)
     tries = ["--ent-coef 0"] if ent_coef > 0 else [_lr(seed, 3), f"--init-log-std {seed.option('init_log_std', 0) - 0.5:g}"]
@@ -435,6 +437,8 @@ def value_loss_exploding(seed: SeedCurves) -> list[Finding]:
         return []
     steps, loss = pair
     settled = steps > 0.1 * steps[-1]  # the untrained critic's first errors are large in every run
+    if settled.sum() < 2:
+        return []
     curve = smoothed(loss[settled])
     median = float(np.median(loss[settled]))
     tries = ([] if seed.option("norm_reward", True) else ["--norm-reward"]) + ["--clip-vloss", _lr(seed, 3)]
@@ -508,7 +512,8 @@ def return_collapse(seed: SeedCurves) -> list[Finding]:
         window = (kl[0] >= steps[peak]) & (kl[0] <= steps[drop])
         if window.any():
             there, median = float(np.max(kl[1][window])), float(np.median(kl[1]))
-            evidence += f"; approx_kl up to {there:.3g} there ({there / median:.1f}x its median)"
+            evidence += f"; approx_kl up to {there:.3g} there" + (f" ({there / median:.1f}x its median)"
+                                                                 if median > 0 else "")
     return [_finding(seed, "collapse", "problem", "the return collapses after a peak", "episodic_return",
                      (int(steps[peak]), int(steps[drop])), kept, THRESHOLDS["collapse"].value, evidence,
                      "the policy was improving, then an update (or a run of them) destroyed it and it never "
@@ -544,7 +549,8 @@ def failed(seed: SeedCurves) -> list[Finding]:
 def few_episodes(seed: SeedCurves) -> list[Finding]:
     """Fewer than ``few_episodes`` episodes ended: the return curve is one or two episodes."""
     pair, counts = seed.get("episodic_return"), seed.get("episodes")
-    ended = int(np.sum(counts[1])) if counts is not None else (len(pair[0]) if pair is not None else 0)
+    ended = int(np.sum(counts[1][np.isfinite(counts[1])])) if counts is not None else \
+        (len(pair[0]) if pair is not None else 0)
     limit = int(THRESHOLDS["few_episodes"].value)
     if ended >= limit:
         return []

@@ -344,6 +344,41 @@ def test_one_rule_at_two_severities_is_two_findings_with_their_own_seeds():
                                                                  ("kl_spike", "note", ("1", "2"))]
 
 
+def crafted_seed(rng: np.random.Generator, name: str) -> SeedCurves:
+    """A seed whose CSV an adversary wrote: columns of zeros, infinities, 1e300, denormals, one row,
+    repeated steps, missing metrics, nonsense config values, an evaluation of any length."""
+    n = int(rng.choice([1, 2, 3, 5, 10, 11, 19, 30, 200]))
+    steps = np.sort(rng.integers(-10, 10 ** 6, n)).astype(float) if rng.random() < 0.8 else np.zeros(n)
+
+    def column(size: int) -> np.ndarray:
+        return [rng.normal(0, 1, size), np.zeros(size), np.full(size, 1e300), rng.normal(0, 1, size) * 1e-300,
+                np.where(rng.random(size) < 0.3, np.inf, rng.random(size)), -np.abs(rng.normal(0, 100, size)),
+                np.where(rng.random(size) < 0.3, -np.inf, rng.random(size)), np.exp(rng.normal(0, 20, size))][
+            int(rng.integers(0, 8))]
+
+    metrics = list(healthy_curves())
+    curves = {m: (steps, column(n)) for m in metrics if rng.random() > 0.15}
+    config = [{}, {"total_steps": int(steps[-1])}, {"total_steps": 3 * int(abs(steps[-1])) + 1},
+              {"total_steps": 0, "lr": 0.0, "update_epochs": 0, "ent_coef": 1e9, "target_kl": 0.01}][int(rng.integers(0, 4))]
+    evaluation = tuple(column(int(rng.choice([1, 19, 20, 50])))) if rng.random() < 0.5 else ()
+    return SeedCurves("Hopper-v5", "crafted", name, curves, dict(config), evaluation=evaluation,
+                      evaluation_step=int(steps[-1]))
+
+
+def test_crafted_curves_never_raise_and_always_serialise():
+    """Before: a std of 0 at the start (std_rising), infinite episode counts (few_episodes), a KL median
+    of 0 (collapse) and fewer than 2 settled value-loss rows (vloss) raised, and so did `ppo diagnose`."""
+    rng = np.random.default_rng(1)
+    with np.errstate(all="ignore"):
+        for _ in range(1500):
+            seeds = [crafted_seed(rng, str(k)) for k in range(int(rng.integers(1, 4)))]
+            findings = dg.diagnose_seeds(seeds)
+            json.dumps([f.to_dict() for f in findings], allow_nan=False)
+    assert dg.std_rising(seed(action_std=np.zeros(N))) == []
+    (few,) = dg.few_episodes(seed(episodes=np.full(N, np.inf)))
+    assert "0 episode(s) ended" in few.evidence  # the infinite counts are the non_finite finding's
+
+
 def test_every_threshold_has_a_meaning_and_a_source():
     for name, threshold in dg.THRESHOLDS.items():
         assert threshold.meaning and threshold.source, name
@@ -431,6 +466,16 @@ def test_plot_shades_each_finding(tmp_path):
     assert (tmp_path / "fig.png").stat().st_size > 20_000 and "figure:" in result.output
     marks, metrics = dg.highlights(dg.diagnose([run])[0])
     assert [m.metric for m in marks] == ["approx_kl"] and "approx_kl" in metrics
+
+
+def test_the_command_reads_crafted_csvs_without_a_traceback(tmp_path):
+    flat = healthy_curves(action_std=np.zeros(N), entropy=np.zeros(N), approx_kl=np.zeros(N))
+    write_run(tmp_path, "zeros", {"0": flat})
+    write_run(tmp_path, "infinite", {"0": healthy_curves(episodes=np.full(N, np.inf))})
+    result = invoke("diagnose", tmp_path)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "Hopper-v5 / zeros (1 seed)" in text and "training diverged (NaN or infinite values)" in text
 
 
 def test_bad_input_is_the_plot_commands_error(tmp_path):
