@@ -129,8 +129,8 @@ def plan_resume_run(folder: Path, total_steps: int | None, trust_env: bool) -> R
     from ppo_cli.envs import EnvError, probe_spaces, require_trusted
     from ppo_cli.monitor import check_recorders
 
-    check_not_in_use(folder)
     try:
+        check_not_in_use(folder)  # reads run.json, which may be damaged
         seeds = plan_resume(folder, total_steps, lambda p: read_checkpoint(p, resume=True))
     except LayoutError as exc:
         raise PlanError(str(exc), "--total-steps" if str(exc).startswith("--total-steps") else "--resume") from None

@@ -553,6 +553,29 @@ def test_9_resume_checks_which_environments_are_in_their_first_episode(checkpoin
     assert "envs.first must hold one boolean for each of the 1 environments" in text(result)
 
 
+def _record(run: Path, **changes) -> str:
+    record = json.loads((run / "run.json").read_text())
+    record.update(changes)
+    return json.dumps(record)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: "{", "is not readable JSON"),
+    (lambda run: '{"a": 1}', "is not a ppo run record (no 'ppo_cli.run' format marker)"),
+    (lambda run: _record(run, seeds=2 ** 70), "'seeds' must be a list of distinct seeds (integers >= 0), got 1180"),
+    (lambda run: _record(run, env_id=[1]), "'config' must be the run's config, for env_id [1]"),
+])
+def test_9_a_damaged_run_json_is_one_error_for_resume_and_eval(pendulum_run, tmp_path, damage, message):
+    """Before, ``--resume`` read run.json for its lock check outside the error handling: a traceback, exit 1."""
+    run = tmp_path / "run"
+    shutil.copytree(pendulum_run, run)
+    (run / "run.json").write_text(damage(run))
+    for args in (["train", "--resume", run], ["eval", run, "--episodes", "1"]):
+        result = invoke(*args)
+        assert result.exit_code == 2 and message in text(result), result.output
+    assert invoke("diagnose", run).exit_code == 0  # reads the seed folders' rows, which are intact
+
+
 # ----------------------------------------------------------------------------- 10. atomic, well-placed outputs
 
 
