@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def _is_int(value: Any) -> bool:
+    """An integer, not a bool or a float that happens to be whole (a crafted config.json or checkpoint)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class ConfigError(ValueError):
     """A hyperparameter value that cannot be used. ``fields`` names the offending field(s)."""
 
@@ -137,14 +142,16 @@ class Config:
         for name in ("total_steps", "num_envs", "num_steps", "update_epochs", "num_minibatches",
                      "checkpoint_interval", "eval_episodes", "action_repeat"):
             value = getattr(self, name)
-            if value < 1:
-                raise ConfigError(name, f"{name} must be a positive integer, got {value}")
+            if not _is_int(value) or value < 1:
+                raise ConfigError(name, f"{name} must be a positive integer, got {value!r}")
         for name in ("eval_interval", "video_interval"):
             value = getattr(self, name)
-            if value < 0:
-                raise ConfigError(name, f"{name} must be 0 (never) or a number of iterations, got {value}")
-        if self.seed < 0:
-            raise ConfigError("seed", f"seed must be >= 0, got {self.seed}")
+            if not _is_int(value) or value < 0:
+                raise ConfigError(name, f"{name} must be 0 (never) or a number of iterations, got {value!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ConfigError("seed", f"seed must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.hidden_sizes, (list, tuple)) or not all(map(_is_int, self.hidden_sizes)):
+            raise ConfigError("hidden_sizes", f"hidden_sizes must be positive widths like 64,64, got {self.hidden_sizes!r}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ConfigError("hidden_sizes", f"hidden_sizes must be positive widths like 64,64, "
                                               f"got {','.join(map(str, self.hidden_sizes)) or 'nothing'}")

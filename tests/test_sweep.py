@@ -139,6 +139,19 @@ def test_an_interrupted_sweep_resumes_to_the_same_rows(tmp_path, monkeypatch):
     assert invoke("sweep", "--resume", sweep, "--lr", "0.1").exit_code == 2
 
 
+@pytest.mark.parametrize("content, message", [
+    ("[]", "is not a ppo sweep record"), ("null", "is not a ppo sweep record"), ('"x"', "is not a ppo sweep record"),
+    ('{"format": "ppo_cli.sweep", "runs": ["../elsewhere"]}', "is not a ppo sweep record"),
+    ('{"format": "ppo_cli.sweep", "runs": ["/tmp/elsewhere"]}', "is not a ppo sweep record"),
+    ("{", "is not readable JSON"),
+])
+def test_a_crafted_sweep_json_is_one_error(tmp_path, content, message):
+    """Before, a sweep.json holding a list, a string or null raised AttributeError (a traceback, exit 1)."""
+    (tmp_path / "sweep.json").write_text(content)
+    result = invoke("sweep", "--resume", tmp_path)
+    assert result.exit_code == 2 and message in text(result), result.output
+
+
 def test_sigterm_stops_a_sweep_that_then_resumes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "ppo_cli", "sweep", POINT, "--grid", "lr=1e-3,3e-3", "--seeds", "1",

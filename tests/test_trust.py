@@ -503,6 +503,14 @@ def _missing_layer(state):
     del state["model"]["biases.1"]
 
 
+def _float_envs(state):
+    state["config"]["num_envs"] = 1.5  # passed `< 1`, then failed deep in training
+
+
+def _bool_seed(state):
+    state["config"]["seed"] = True
+
+
 @pytest.mark.parametrize("edit, message", [
     (_nan_weight, "model.weights.0 holds NaN or infinite values"),
     (_inf_log_std, "model.log_std holds NaN or infinite values"),
@@ -513,6 +521,8 @@ def _missing_layer(state):
     (_wrong_obs_dim, "has shape (2, 4, 16), its config and spaces need (2, 7, 16)"),
     (_float_step, "global_step must be an integer >= 0, got 1.5"),
     (_missing_layer, "its model tensors are not those of hidden_sizes [16, 16]"),
+    (_float_envs, "num_envs must be a positive integer, got 1.5"),
+    (_bool_seed, "seed must be an integer >= 0, got True"),
 ])
 def test_9_eval_and_resume_check_the_contents_before_building_anything(checkpoint, edit, message):
     craft(checkpoint, edit)
