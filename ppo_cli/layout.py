@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ppo_cli.config import Config, ConfigError
+from ppo_cli.errors import UserError
 from ppo_cli.files import LOCK_FILE, atomic_write_text
 
 RUN_FILE = "run.json"
@@ -61,8 +62,10 @@ RUN_FORMAT = "ppo_cli.run"
 MAX_SEEDS = 100_000  # more seeds than any run.json ppo writes: a crafted file is refused, not obeyed
 
 
-class LayoutError(ValueError):
-    """A folder that is not what ``ppo`` expects (not a run, a damaged ``run.json``, ...)."""
+class LayoutError(UserError):
+    """A folder that is not what ``ppo`` expects (not a run, a damaged ``run.json``, ...): a
+    :class:`~ppo_cli.errors.UserError`, so that one a command does not catch itself is still one
+    ``Error:`` line, exit 2, where a file was damaged or crafted."""
 
 
 def env_folder(env_id: str) -> str:

@@ -152,6 +152,19 @@ def test_an_eval_json_of_another_checkpoint_is_left_out_with_a_warning(tmp_path)
     assert "not the seed's checkpoint.pt" in skipped[0] and "mean return is None" in skipped[1]
 
 
+def test_an_eval_json_with_an_infinite_step_or_count_is_left_out_with_a_warning(tmp_path):
+    """Before, int() of the 1e400 that JSON reads as infinity raised OverflowError out of `ppo plot --eval`."""
+    write_seed(tmp_path, "Hopper-v5", "a", 0, [100, 200])
+    write_seed(tmp_path, "Hopper-v5", "a", 1, [100, 200])
+    folder = tmp_path / "Hopper-v5" / "a"
+    (folder / "seed_0" / "eval.json").write_text('{"global_step": 1e400, "mean": 10.0}')
+    (folder / "seed_1" / "eval.json").write_text('{"global_step": 200, "mean": 10.0, "episodes": 1e400}')
+    dataset = load([tmp_path], with_eval=True)
+    assert dataset.evals.empty
+    skipped = [w for w in dataset.warnings if "eval.json" in w]
+    assert len(skipped) == 2 and all("OverflowError" in w for w in skipped)
+
+
 def test_an_eval_json_older_than_its_checkpoint_is_kept_and_said(tmp_path):
     """After a resume that trained on, eval.json evaluates an earlier state: kept, with a warning."""
     write_seed(tmp_path, "Hopper-v5", "a", 0, [100, 200])

@@ -152,6 +152,17 @@ def test_a_crafted_sweep_json_is_one_error(tmp_path, content, message):
     assert result.exit_code == 2 and message in text(result), result.output
 
 
+def test_a_damaged_run_json_in_a_sweep_is_one_error(tmp_path):
+    """Before, plan_resume_sweep read each point's run.json outside any handling: a LayoutError traceback."""
+    (tmp_path / "sweep.json").write_text(json.dumps({"format": "ppo_cli.sweep", "runs": ["E/lr=1"]}))
+    (tmp_path / "E" / "lr=1").mkdir(parents=True)
+    for content, message in (("{", "is not readable JSON"), ('{"format": "ppo_cli.run"}', "'seeds' must be a list")):
+        (tmp_path / "E" / "lr=1" / "run.json").write_text(content)
+        for extra in ([], ["--eval"]):
+            result = invoke("sweep", "--resume", tmp_path, *extra)
+            assert result.exit_code == 2 and message in text(result), result.output
+
+
 def test_sigterm_stops_a_sweep_that_then_resumes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "ppo_cli", "sweep", POINT, "--grid", "lr=1e-3,3e-3", "--seeds", "1",

@@ -318,7 +318,7 @@ def _read_eval(path: Path, warnings: list[str]) -> dict[str, object] | None:
     except LayoutError as exc:
         warnings.append(f"skipped {exc}")
         return None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of an infinite step
         warnings.append(f"skipped {path}: not a `ppo eval` result ({type(exc).__name__}: {exc})")
         return None
     return row
