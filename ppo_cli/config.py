@@ -151,7 +151,8 @@ class Config:
         if not _is_int(self.seed) or self.seed < 0:
             raise ConfigError("seed", f"seed must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.hidden_sizes, (list, tuple)) or not all(map(_is_int, self.hidden_sizes)):
-            raise ConfigError("hidden_sizes", f"hidden_sizes must be positive widths like 64,64, got {self.hidden_sizes!r}")
+            raise ConfigError("hidden_sizes",
+                              f"hidden_sizes must be positive widths like 64,64, got {self.hidden_sizes!r}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ConfigError("hidden_sizes", f"hidden_sizes must be positive widths like 64,64, "
                                               f"got {','.join(map(str, self.hidden_sizes)) or 'nothing'}")

@@ -351,15 +351,18 @@ def crafted_seed(rng: np.random.Generator, name: str) -> SeedCurves:
     steps = np.sort(rng.integers(-10, 10 ** 6, n)).astype(float) if rng.random() < 0.8 else np.zeros(n)
 
     def column(size: int) -> np.ndarray:
-        return [rng.normal(0, 1, size), np.zeros(size), np.full(size, 1e300), rng.normal(0, 1, size) * 1e-300,
-                np.where(rng.random(size) < 0.3, np.inf, rng.random(size)), -np.abs(rng.normal(0, 100, size)),
-                np.where(rng.random(size) < 0.3, -np.inf, rng.random(size)), np.exp(rng.normal(0, 20, size))][
-            int(rng.integers(0, 8))]
+        makers = (lambda: rng.normal(0, 1, size), lambda: np.zeros(size), lambda: np.full(size, 1e300),
+                  lambda: rng.normal(0, 1, size) * 1e-300, lambda: -np.abs(rng.normal(0, 100, size)),
+                  lambda: np.where(rng.random(size) < 0.3, np.inf, rng.random(size)),
+                  lambda: np.where(rng.random(size) < 0.3, -np.inf, rng.random(size)),
+                  lambda: np.exp(rng.normal(0, 20, size)))
+        return makers[int(rng.integers(0, len(makers)))]()
 
     metrics = list(healthy_curves())
     curves = {m: (steps, column(n)) for m in metrics if rng.random() > 0.15}
-    config = [{}, {"total_steps": int(steps[-1])}, {"total_steps": 3 * int(abs(steps[-1])) + 1},
-              {"total_steps": 0, "lr": 0.0, "update_epochs": 0, "ent_coef": 1e9, "target_kl": 0.01}][int(rng.integers(0, 4))]
+    configs = [{}, {"total_steps": int(steps[-1])}, {"total_steps": 3 * int(abs(steps[-1])) + 1},
+               {"total_steps": 0, "lr": 0.0, "update_epochs": 0, "ent_coef": 1e9, "target_kl": 0.01}]
+    config = configs[int(rng.integers(0, len(configs)))]
     evaluation = tuple(column(int(rng.choice([1, 19, 20, 50])))) if rng.random() < 0.5 else ()
     return SeedCurves("Hopper-v5", "crafted", name, curves, dict(config), evaluation=evaluation,
                       evaluation_step=int(steps[-1]))
