@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+MAX_UPDATE_EPOCHS = 10_000
+
+
 def _is_int(value: Any) -> bool:
     """An integer, not a bool or a float that happens to be whole (a crafted config.json or checkpoint)."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -117,7 +120,10 @@ class Config:
 
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        sizes = self.hidden_sizes
+        if not isinstance(sizes, (list, tuple)) or not all(map(_is_int, sizes)):  # int() would take 8.7 or "8"
+            raise ConfigError("hidden_sizes", f"hidden_sizes must be positive widths like 64,64, got {sizes!r}")
+        object.__setattr__(self, "hidden_sizes", tuple(sizes))
         self._validate()
 
     # ----------------------------------------------------------------------------- derived sizes
@@ -144,15 +150,15 @@ class Config:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ConfigError(name, f"{name} must be a positive integer, got {value!r}")
+        if self.update_epochs > MAX_UPDATE_EPOCHS:  # the update sizes its per-minibatch log by epochs x minibatches
+            raise ConfigError("update_epochs", f"update_epochs must be at most {MAX_UPDATE_EPOCHS:,} (PPO uses "
+                                               f"3-30), got {self.update_epochs}")
         for name in ("eval_interval", "video_interval"):
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise ConfigError(name, f"{name} must be 0 (never) or a number of iterations, got {value!r}")
         if not _is_int(self.seed) or self.seed < 0:
             raise ConfigError("seed", f"seed must be an integer >= 0, got {self.seed!r}")
-        if not isinstance(self.hidden_sizes, (list, tuple)) or not all(map(_is_int, self.hidden_sizes)):
-            raise ConfigError("hidden_sizes",
-                              f"hidden_sizes must be positive widths like 64,64, got {self.hidden_sizes!r}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ConfigError("hidden_sizes", f"hidden_sizes must be positive widths like 64,64, "
                                               f"got {','.join(map(str, self.hidden_sizes)) or 'nothing'}")

@@ -41,6 +41,14 @@ def test_json_round_trip():
     ({"hidden_sizes": (64, 0)}, "hidden_sizes", "positive widths"),
     ({"num_minibatches": 7}, "num_minibatches", "does not divide the batch size 2048"),
     ({"total_steps": 1000}, "total_steps", "less than one rollout batch of 2048"),
+    # what only a crafted config.json or checkpoint can hold (the CLI's types refuse them first)
+    ({"num_envs": 1.5}, "num_envs", "positive integer, got 1.5"),
+    ({"num_steps": float("inf")}, "num_steps", "positive integer, got inf"),
+    ({"seed": True}, "seed", "integer >= 0, got True"),
+    ({"hidden_sizes": [64, "x"]}, "hidden_sizes", "positive widths like 64,64, got [64, 'x']"),
+    ({"eval_interval": 0.5}, "eval_interval", "0 (never) or a number of iterations, got 0.5"),
+    # the CLI's too: an update sized beyond what torch can allocate failed inside the seed
+    ({"update_epochs": 10 ** 20}, "update_epochs", "at most 10,000 (PPO uses 3-30)"),
 ])
 def test_validation_names_the_field_and_value(changes, field, text):
     with pytest.raises(ConfigError) as info:
