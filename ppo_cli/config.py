@@ -17,7 +17,7 @@ from typing import Any
 MAX_UPDATE_EPOCHS = 10_000
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     """An integer, not a bool or a float that happens to be whole (a crafted config.json or checkpoint)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -121,7 +121,7 @@ class Config:
 
     def __post_init__(self) -> None:
         sizes = self.hidden_sizes
-        if not isinstance(sizes, (list, tuple)) or not all(map(_is_int, sizes)):  # int() would take 8.7 or "8"
+        if not isinstance(sizes, (list, tuple)) or not all(map(is_int, sizes)):  # int() would take 8.7 or "8"
             raise ConfigError("hidden_sizes", f"hidden_sizes must be positive widths like 64,64, got {sizes!r}")
         object.__setattr__(self, "hidden_sizes", tuple(sizes))
         self._validate()
@@ -148,16 +148,16 @@ class Config:
         for name in ("total_steps", "num_envs", "num_steps", "update_epochs", "num_minibatches",
                      "checkpoint_interval", "eval_episodes", "action_repeat"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(name, f"{name} must be a positive integer, got {value!r}")
         if self.update_epochs > MAX_UPDATE_EPOCHS:  # the update sizes its per-minibatch log by epochs x minibatches
             raise ConfigError("update_epochs", f"update_epochs must be at most {MAX_UPDATE_EPOCHS:,} (PPO uses "
                                                f"3-30), got {self.update_epochs}")
         for name in ("eval_interval", "video_interval"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 raise ConfigError(name, f"{name} must be 0 (never) or a number of iterations, got {value!r}")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise ConfigError("seed", f"seed must be an integer >= 0, got {self.seed!r}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ConfigError("hidden_sizes", f"hidden_sizes must be positive widths like 64,64, "

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ppo_cli.config import is_int
 from ppo_cli.layout import CONFIG_FILE, ERROR_FILE, current_evaluation
 from ppo_cli.plots.data import Dataset, PlotError, load, rolling_mean
 
@@ -266,6 +267,11 @@ def _return_gain(seed: SeedCurves) -> tuple[np.ndarray, np.ndarray, float, float
     return (pair[0], curve, initial, gain) if gain > 0 else None
 
 
+def _value_at(steps: np.ndarray, values: np.ndarray, step: float) -> float:
+    """The curve's value at its first point at or after ``step`` (its last point past the end)."""
+    return values[min(np.searchsorted(steps, step), len(values) - 1)]
+
+
 def _window(seed: SeedCurves) -> float:
     """The steps after an event in which its effect is read: 5% of training (the smoothing's span)."""
     return 0.05 * seed.total_steps
@@ -274,11 +280,15 @@ def _window(seed: SeedCurves) -> float:
 def return_dip(seed: SeedCurves, step: float) -> float | None:
     """How far the smoothed return falls in the :func:`_window` after ``step``, from its level just
     before: a share of the seed's gain (0 where it does not fall). None where that cannot be read."""
-    gain = _return_gain(seed)
+    return _dip_after(_return_gain(seed), step, _window(seed))
+
+
+def _dip_after(gain: tuple[np.ndarray, np.ndarray, float, float] | None, step: float, window: float) -> float | None:
+    """:func:`return_dip` on a :func:`_return_gain` computed once for all of a seed's spikes."""
     if gain is None:
         return None
     steps, curve, _, rise = gain
-    before, after = curve[steps < step], curve[(steps >= step) & (steps <= step + _window(seed))]
+    before, after = curve[steps < step], curve[(steps >= step) & (steps <= step + window)]
     if not len(after):
         return None
     level = before[-1] if len(before) else after[0]  # a spike before the first return: from the first
@@ -301,7 +311,8 @@ def kl_spikes(seed: SeedCurves) -> list[Finding]:
         spikes &= steps + _window(seed) <= seed.last_step
     if not spikes.any():
         return []
-    dips = {int(i): return_dip(seed, steps[i]) for i in np.flatnonzero(spikes)}
+    gain, window = _return_gain(seed), _window(seed)
+    dips = {int(i): _dip_after(gain, steps[i], window) for i in np.flatnonzero(spikes)}
     limit = THRESHOLDS["kl_spike_dip"].value
     hurt = [i for i, dip in dips.items() if dip is None or dip >= limit]
     shown = hurt or list(dips)
@@ -403,7 +414,7 @@ def entropy_negative_early(seed: SeedCurves) -> list[Finding]:
     gain = _return_gain(seed)
     if gain is not None:
         ret_steps, ret, initial, rise = gain
-        at = ret[min(np.searchsorted(ret_steps, steps[first]), len(ret) - 1)]
+        at = _value_at(ret_steps, ret, steps[first])
         if (at - initial) / rise >= THRESHOLDS["low_return"].value and \
                 (tail(ret) - initial) / rise >= THRESHOLDS["collapse"].value:
             return []  # it narrowed once the return was earned, and kept it
@@ -645,7 +656,7 @@ def std_collapse(seeds: Sequence[SeedCurves]) -> list[Finding]:
         if not len(collapsed):
             continue
         ret_steps, ret = seed.get("episodic_return")[0], curves[seed.seed]
-        at = ret[min(np.searchsorted(ret_steps, steps[collapsed[0]]), len(ret) - 1)]
+        at = _value_at(ret_steps, ret, steps[collapsed[0]])
         low = THRESHOLDS["low_return"].value
         if (at - initial) / (best - initial) >= low or (tail(ret) - initial) / (best - initial) >= low:
             continue
@@ -787,7 +798,7 @@ def _read_evaluation(folder: Path | None) -> tuple[tuple[float, ...], int]:
     if not isinstance(returns, list) or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and
                                                 math.isfinite(r) for r in returns):
         return (), 0
-    return tuple(float(r) for r in returns), step if isinstance(step, int) and not isinstance(step, bool) else 0
+    return tuple(float(r) for r in returns), step if is_int(step) else 0
 
 
 def _read_error(folder: Path | None) -> str:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ppo_cli.config import Config, ConfigError
+from ppo_cli.config import Config, ConfigError, is_int
 from ppo_cli.errors import UserError
 from ppo_cli.files import LOCK_FILE, atomic_write_text
 
@@ -127,7 +127,7 @@ def read_run(run_dir: Path) -> RunRecord | None:
         raise LayoutError(f"{path} is not a ppo run record (no '{RUN_FORMAT}' format marker)")
     seeds, config, env_id = data.get("seeds"), data.get("config"), data.get("env_id")
     if (not isinstance(seeds, list) or not seeds or len(seeds) > MAX_SEEDS or len(set(map(str, seeds))) != len(seeds)
-            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds)):
+            or not all(is_int(s) and 0 <= s < 2**32 for s in seeds)):
         raise LayoutError(f"{path}: 'seeds' must be a list of distinct seeds (integers >= 0), "
                           f"got {str(seeds)[:80]}")
     if not isinstance(config, dict) or not isinstance(env_id, str) or config.get("env_id") != env_id:

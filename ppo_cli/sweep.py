@@ -157,7 +157,7 @@ def read_sweep(sweep_dir: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path} is not readable JSON ({exc})", "--resume") from None
     runs = record.get("runs") if isinstance(record, dict) else None
-    if not isinstance(record, dict) or record.get("format") != SWEEP_FORMAT or not isinstance(runs, list) or not all(
+    if not isinstance(runs, list) or record.get("format") != SWEEP_FORMAT or not all(  # runs: only from a dict
             isinstance(r, str) and ".." not in Path(r).parts and not Path(r).is_absolute() for r in runs):
         raise UserError(f"{path} is not a ppo sweep record", "--resume")
     return record
