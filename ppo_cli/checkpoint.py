@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppo_cli.config import Config, ConfigError
+from ppo_cli.config import Config, ConfigError, is_int
 from ppo_cli.files import atomic_write
 
 FORMAT = "ppo_cli.checkpoint"
@@ -166,7 +166,7 @@ def _fail(path: Path, what: str) -> CheckpointError:
 
 def _count(state: dict[str, Any], key: str, path: Path) -> int:
     value = state.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_int(value) or value < 0:
         raise _fail(path, f"{key} must be an integer >= 0, got {value!r}"[:200])
     return value
 
