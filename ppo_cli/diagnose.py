@@ -867,8 +867,9 @@ def highlights(reports: Sequence[RunReport]) -> tuple[list[Any], list[str]]:
 class LiveDiagnosis:
     """The seed rules, run every ``every`` iterations on the rows a seed has logged so far.
 
-    ``add(row)`` takes a ``progress.csv`` row (as ``ppo train`` reports it) and returns the newest
-    finding when one appears that was not there before, else None. Never raises: a diagnosis
+    ``add(row)`` takes a ``progress.csv`` row (as ``ppo train`` reports it) and returns the findings
+    that were not there before (or grew more severe), most severe first: often none, and more than
+    one when several rules fire at the same check. Never raises: a diagnosis
     must not stop a run. By default the rules run every 10 iterations, or 100 times in all in a
     run of more than 1000 iterations (each run reads every row so far).
     """
@@ -886,10 +887,10 @@ class LiveDiagnosis:
         self.seen: dict[str, int] = {}  # rule -> the most severe SEVERITIES index reported: escalations are new
         self.latest: Finding | None = None
 
-    def add(self, row: dict[str, Any]) -> Finding | None:
+    def add(self, row: dict[str, Any]) -> list[Finding]:
         self.rows.append(row)
         if len(self.rows) % self.every:
-            return None
+            return []
         try:
             frame = pd.DataFrame(self.rows)
             curves = {}
@@ -902,9 +903,10 @@ class LiveDiagnosis:
             new = [f for rule in SEED_RULES if rule is not few_episodes for f in rule(seed)
                    if SEVERITIES.index(f.severity) < self.seen.get(f.rule, len(SEVERITIES))]
         except Exception:  # noqa: BLE001 - a diagnosis must never stop training
-            return None
+            return []
         if not new:
-            return None
+            return []
         self.seen.update((f.rule, SEVERITIES.index(f.severity)) for f in new)
-        self.latest = min(new, key=lambda f: SEVERITIES.index(f.severity))
-        return self.latest
+        new.sort(key=lambda f: SEVERITIES.index(f.severity))  # stable: rule order within a severity
+        self.latest = new[0]
+        return new

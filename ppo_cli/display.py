@@ -81,9 +81,10 @@ class _Diagnosing:
 
         self.live = {cfg.seed: LiveDiagnosis(cfg.to_dict()) for cfg in configs}
 
-    def finding(self, seed: int, row: dict[str, Any]) -> Any:
+    def findings(self, seed: int, row: dict[str, Any]) -> list[Any]:
+        """The findings new at this row, most severe first."""
         live = self.live.get(seed)
-        return live.add(row) if live is not None else None
+        return live.add(row) if live is not None else []
 
 
 class LiveDisplay(_Diagnosing):
@@ -113,8 +114,8 @@ class LiveDisplay(_Diagnosing):
         if kind == "start":
             self.progress.start_task(task)
         elif kind == "iteration":
-            found = self.finding(seed, payload)
-            changes = {"finding": _finding_text(found)} if found is not None else {}
+            found = self.findings(seed, payload)
+            changes = {"finding": _finding_text(found[0])} if found else {}
             self.progress.update(task, completed=payload["global_step"], sps=str(payload["sps"]),
                                  ret=_fmt(payload["final_return"]), **changes)
 
@@ -138,8 +139,7 @@ class QuietDisplay(_Diagnosing):
             self.console.print(f"seed {seed} step {payload['global_step']}/{payload['total_steps']} "
                                f"sps {payload['sps']} return {_fmt(payload['final_return'])}",
                                highlight=False, soft_wrap=True)
-            found = self.finding(seed, payload)
-            if found is not None:
+            for found in self.findings(seed, payload):
                 self.console.print(f"seed {seed} finding: {found.severity}: {found.what} ({found.evidence}); try "
                                    f"{', '.join(found.try_options)}", highlight=False, soft_wrap=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -394,10 +395,23 @@ def test_live_diagnosis_reports_a_new_finding_once():
     for k in range(N):
         row = {"global_step": int(STEPS[k]), "iteration": k + 1, **{m: float(v[k]) for m, v in curves.items()}}
         row["episodic_return"] = None if k % 3 else row["episodic_return"]  # iterations where no episode ended
-        finding = live.add(row)
-        if finding is not None:
-            found.append(finding.rule)
+        found += [f.rule for f in live.add(row)]
     assert found == ["kl_high"]  # at the 10th row, and not again
+
+
+def test_live_diagnosis_reports_every_rule_that_fires_at_one_check():
+    """Two rules new at the same check are two findings, most severe first (one used to hide the other)."""
+    live = dg.LiveDiagnosis({"total_steps": int(STEPS[-1]), "lr": 3e-4}, every=10)
+    std = 0.6 * np.exp(0.1 * np.arange(N))
+    kl = np.where(np.arange(N) % 5 == 0, 0.06, 0.01)  # above kl_high in 20% of iterations: a warning
+    curves = healthy_curves(approx_kl=kl, action_std=std, entropy=3 * (np.log(std) + 1.4189))
+    found = [[(f.rule, f.severity) for f in live.add({"global_step": int(STEPS[k]), "iteration": k + 1,
+                                                      **{m: float(v[k]) for m, v in curves.items()}})]
+             for k in range(N)]
+    first = next(k for k, new in enumerate(found) if new)
+    assert first == 9 and {("std_rising", "problem"), ("kl_high", "warning")} <= set(found[first])
+    severities = [dg.SEVERITIES.index(severity) for _, severity in found[first]]
+    assert severities == sorted(severities) and found[first][0][1] == "problem"
 
 
 def test_live_diagnosis_reports_a_finding_again_when_it_grows_more_severe():
@@ -410,10 +424,8 @@ def test_live_diagnosis_reports_a_finding_again_when_it_grows_more_severe():
     curves = healthy_curves(approx_kl=kl, episodic_return=ret)
     found = []
     for k in range(N):
-        finding = live.add({"global_step": int(STEPS[k]), "iteration": k + 1,
-                            **{m: float(v[k]) for m, v in curves.items()}})
-        if finding is not None:
-            found.append((k + 1, finding.rule, finding.severity))
+        found += [(k + 1, f.rule, f.severity) for f in live.add({"global_step": int(STEPS[k]), "iteration": k + 1,
+                                                                   **{m: float(v[k]) for m, v in curves.items()}})]
     assert found == [(70, "kl_spike", "note"), (170, "kl_spike", "warning")]  # once each window has passed
 
 
@@ -517,14 +529,17 @@ def test_the_readme_has_the_thresholds_table_of_the_code():
 
 
 def test_ppo_train_shows_live_findings_and_goes_on(tmp_path):
-    """--quiet prints a line per new finding; the run finishes all the same."""
+    """--quiet prints a line per new finding; the run finishes all the same.
+
+    At --lr 0.2 the KL is in the hundreds; whether it reads as a warning or a problem, and which other
+    rules fire beside it, depends on the machine's float kernels, so the test names the rule only."""
     result = CliRunner().invoke(cli, ["train", "tests.fake_envs:PointEnv", "--total-steps", str(256 * 20),
                                       "--num-envs", "1", "--num-steps", "256", "--num-minibatches", "4",
                                       "--update-epochs", "20", "--lr", "0.2", "--hidden-sizes", "16,16", "--quiet",
                                       "--out", str(tmp_path)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "seed 0 finding: problem: policy changes too fast" in text and "try --lr" in text
+    assert re.search(r"seed 0 finding: (problem|warning): policy changes too fast \(approx_kl .*?\); try --lr", text)
     assert "seed 0 step 5120/5120" in text
 
 
