@@ -1,7 +1,8 @@
 """The actor-critic: a torch module for learning and a numpy copy for acting.
 
-:class:`ActorCritic` (torch) holds two separate tanh MLPs, an actor and a critic, with the same
-hidden widths, orthogonally initialised (hidden gain sqrt(2), policy output 0.01, value output 1).
+:class:`ActorCritic` (torch) holds two separate MLPs, an actor and a critic, with the same
+hidden widths and activation (tanh, relu or elu), orthogonally initialised (hidden gain sqrt(2),
+policy output 0.01, value output 1).
 They share no parameter; their weights are stored stacked, ``weights[k]`` of shape
 ``(2, in, out)`` with index 0 the actor and 1 the critic, so one batched matrix product
 (``torch.baddbmm``) evaluates a layer of both networks: half the operations per minibatch, which is
@@ -35,6 +36,31 @@ from torch import nn
 
 LOG_2PI = math.log(2.0 * math.pi)
 ACTOR, CRITIC = 0, 1
+TORCH_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "elu": nn.functional.elu}
+
+
+def activate(name: str, h: np.ndarray) -> None:
+    """Apply the hidden activation ``name`` to ``h`` in place (numpy; the same function as torch's)."""
+    if name == "tanh":
+        np.tanh(h, out=h)
+    elif name == "relu":
+        np.maximum(h, 0, out=h)
+    elif name == "elu":  # x for x > 0, exp(x) - 1 otherwise
+        np.copyto(h, np.expm1(np.minimum(h, 0)), where=h <= 0)
+    else:
+        raise ValueError(f"unknown activation {name!r}")
+
+
+def activation_grad(name: str, y: np.ndarray) -> np.ndarray:
+    """The activation's derivative at the input that gave output ``y`` (each of the three is a
+    function of its output: tanh' = 1 - y^2, relu' = [y > 0], elu' = 1 for y > 0 else y + 1)."""
+    if name == "tanh":
+        return 1.0 - y * y
+    if name == "relu":
+        return (y > 0).astype(y.dtype)
+    if name == "elu":
+        return np.where(y > 0, 1.0, y + 1.0).astype(y.dtype, copy=False)
+    raise ValueError(f"unknown activation {name!r}")
 
 
 class ActorCritic(nn.Module):
@@ -42,11 +68,13 @@ class ActorCritic(nn.Module):
     categorical head."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...] = (64, 64),
-                 discrete: bool = False, seed: int = 0, init_log_std: float = 0.0) -> None:
+                 discrete: bool = False, seed: int = 0, init_log_std: float = 0.0, activation: str = "tanh") -> None:
         super().__init__()
+        if activation not in TORCH_ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(TORCH_ACTIVATIONS)}")
         generator = torch.Generator().manual_seed(seed)
         self.obs_dim, self.act_dim, self.discrete = obs_dim, act_dim, discrete
-        self.activation = "tanh"  # of the hidden layers (ppo_cli.fused computes this one only)
+        self.activation = activation  # of the hidden layers
         self.hidden_sizes = tuple(hidden_sizes)
         sizes = [obs_dim, *self.hidden_sizes, act_dim]
         gains = [math.sqrt(2.0)] * len(self.hidden_sizes)
@@ -69,10 +97,11 @@ class ActorCritic(nn.Module):
         """``(batch, obs_dim)`` -> (mean or logits ``(batch, act_dim)``, value ``(batch,)``)."""
         h = obs.unsqueeze(0).expand(2, -1, -1)
         last = len(self.weights) - 1
+        act = TORCH_ACTIVATIONS[self.activation]
         for k, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b, h, w)
             if k < last:
-                h = torch.tanh(h)
+                h = act(h)
         return h[ACTOR], h[CRITIC, :, 0]
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
@@ -104,6 +133,7 @@ class RolloutPolicy:
     def __init__(self, agent: ActorCritic) -> None:
         self.discrete = agent.discrete
         self.act_dim = agent.act_dim
+        self.activation = agent.activation
         widths = agent.hidden_sizes
         fused = [2 * w for w in widths]
         ins = [agent.obs_dim] + fused
@@ -149,7 +179,7 @@ class RolloutPolicy:
             h = h @ w
             h += b
             if k < last:
-                np.tanh(h, out=h)
+                activate(self.activation, h)
         return h[:, :-1], h[:, -1]
 
     def value(self, obs: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ class ConfigError(ValueError):
 
 BACKENDS = ("gymnasium", "envpool")  # how environments are stepped (see ppo_cli.envs)
 UPDATES = ("auto", "fused", "autograd")  # how a minibatch's loss and gradient are computed (see ppo_cli.update)
+ACTIVATIONS = ("tanh", "relu", "elu")  # of the hidden layers (see ppo_cli.agent)
 
 
 def _opt(default: Any, help: str) -> Any:  # noqa: A002 - "help" is the natural name here
@@ -91,7 +92,10 @@ class Config:
     obs_clip: float = _opt(10.0, "Clip bound of normalised observations.")
     reward_clip: float = _opt(10.0, "Clip bound of normalised rewards.")
     # the networks
-    hidden_sizes: tuple[int, ...] = _opt((64, 64), "Hidden layer widths of both MLPs (tanh), e.g. 64,64.")
+    hidden_sizes: tuple[int, ...] = _opt((64, 64), "Hidden layer widths of both MLPs, e.g. 64,64.")
+    activation: str = field(default="tanh", metadata={
+        "help": "Activation of the hidden layers of both MLPs (SB3's activation_fn; CleanRL's is tanh).",
+        "choices": ACTIVATIONS})
     init_log_std: float = _opt(-0.5, "Initial log standard deviation of the Gaussian policy.")
     # evaluating and recording while training
     eval_interval: int = _opt(0, "Evaluate the deterministic policy every this many iterations (and at the end) "
@@ -198,6 +202,8 @@ class Config:
         if self.stagger_resets and self.backend == "envpool":
             raise ConfigError(("stagger_resets", "backend"), "stagger_resets needs the gymnasium backend (envpool "
                                                              "resets its own environments)")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError("activation", f"activation must be {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.update not in UPDATES:
             raise ConfigError("update", f"update must be {', '.join(UPDATES)}, got {self.update!r}")
         if self.compile and self.update == "fused":

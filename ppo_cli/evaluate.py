@@ -138,7 +138,8 @@ def load_agent(path: Path, state: dict[str, Any] | None = None) -> LoadedAgent:
     config = check_contents(state, Path(path))
     spaces = state["spaces"]
     try:
-        agent = ActorCritic(spaces["obs_dim"], spaces["act_dim"], config.hidden_sizes, spaces["discrete"])
+        agent = ActorCritic(spaces["obs_dim"], spaces["act_dim"], config.hidden_sizes, spaces["discrete"],
+                            activation=config.activation)
         agent.load_state_dict(state["model"])
         obs_filter = ObservationNormalizer((spaces["obs_dim"],), config.obs_clip, enabled=config.norm_obs,
                                            training=False)

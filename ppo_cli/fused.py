@@ -5,7 +5,7 @@ its forward pass, loss and backward pass are ~60 operations whose dispatch and a
 bookkeeping cost most of the update's time. :class:`FusedGaussianPPO` computes the same numbers in
 numpy, which calls the same BLAS for the matrix products at a fraction of the per-call cost:
 
-* forward: ``h_{k+1} = tanh(h_k @ W_k + b_k)`` for both networks at once (the stacked ``(2, in,
+* forward: ``h_{k+1} = f(h_k @ W_k + b_k)`` (``f`` tanh, relu or elu) for both networks at once (the stacked ``(2, in,
   out)`` weights; numpy's ``matmul`` broadcasts the observation over them), then the output layer;
 * the loss: clipped (optionally dual-clip) surrogate, (optionally clipped) value loss, entropy,
   exactly as :mod:`ppo_cli.losses` composes them;
@@ -15,7 +15,8 @@ numpy, which calls the same BLAS for the matrix products at a fraction of the pe
   ``dL/dmean = w z / std``, ``dL/dlog_std = sum_i w_i (z_i^2 - 1) - ent_coef``,
   ``dL/dV = vf_coef (V - R) / B`` (clipped: the error of whichever branch is larger, zero for the
   clipped branch outside the clip range); then back through the layers,
-  ``dW_k = h_k^T d_k``, ``db_k = sum d_k``, ``d_{k-1} = (d_k W_k^T) (1 - h_k^2)``.
+  ``dW_k = h_k^T d_k``, ``db_k = sum d_k``, ``d_{k-1} = (d_k W_k^T) f'(h_k)``, ``f'`` written as a function of the layer's output
+  (:func:`~ppo_cli.agent.activation_grad`: tanh' = 1 - h^2).
 
 It stays a torch autograd node: the parameters are the module's tensors (numpy views of them, no
 copy), ``loss.backward()`` hands the gradient to autograd, which accumulates it into ``.grad``,
@@ -35,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ppo_cli.agent import LOG_2PI, ActorCritic
+from ppo_cli.agent import LOG_2PI, ActorCritic, activate, activation_grad
 from ppo_cli.losses import total_loss
 
 
@@ -60,8 +61,9 @@ class Params(NamedTuple):
 
 def forward_backward(params: Params, grads: Params, obs: np.ndarray, actions: np.ndarray,
                      old_logprobs: np.ndarray, old_values: np.ndarray, returns: np.ndarray, advantages: np.ndarray,
-                     coefs: LossCoefs) -> tuple[float, np.ndarray, np.ndarray]:
-    """The minibatch loss, in the dtype of the inputs; its gradient is written into ``grads``.
+                     coefs: LossCoefs, activation: str = "tanh") -> tuple[float, np.ndarray, np.ndarray]:
+    """The minibatch loss, in the dtype of the inputs, of MLPs whose hidden layers apply ``activation``;
+    its gradient is written into ``grads``.
 
     Returns ``(loss, [policy_loss, value_loss, entropy], logratio)``.
     """
@@ -75,7 +77,7 @@ def forward_backward(params: Params, grads: Params, obs: np.ndarray, actions: np
         h = np.matmul(h, w)
         h += b
         if k < last:
-            np.tanh(h, out=h)
+            activate(activation, h)
     mean, value = h[0], h[1, :, 0]
 
     # the loss (see ppo_cli.losses)
@@ -117,7 +119,7 @@ def forward_backward(params: Params, grads: Params, obs: np.ndarray, actions: np
         np.matmul(ones, d, out=grads.biases[k])  # the sum over the batch, as one BLAS call
         if k > 0:
             d = np.matmul(d, weights[k].swapaxes(1, 2))
-            d *= 1.0 - x * x  # tanh' from the layer's output
+            d *= activation_grad(activation, x)  # f' from the layer's output
     terms = np.array([policy_loss, v_loss, entropy], dtype=obs.dtype)
     return float(loss), terms, logratio
 
@@ -134,7 +136,7 @@ class FusedGaussianPPO(torch.autograd.Function):
         grad = np.empty(loss_fn.size, dtype=obs.numpy().dtype)  # fresh: each call's gradient is its own
         loss, terms, logratio = forward_backward(
             loss_fn.param_arrays(), loss_fn.split(grad), obs.numpy(), actions.numpy(), old_logprobs.numpy(),
-            old_values.numpy(), returns.numpy(), advantages.numpy(), loss_fn.coefs)
+            old_values.numpy(), returns.numpy(), advantages.numpy(), loss_fn.coefs, loss_fn.activation)
         ctx.grads = loss_fn.input_grads(grad)
         terms, logratio = torch.from_numpy(terms), torch.from_numpy(logratio)
         ctx.mark_non_differentiable(terms, logratio)
@@ -149,11 +151,12 @@ class FusedGaussianPPO(torch.autograd.Function):
 
 def unsupported(agent: ActorCritic) -> str | None:
     """Why :class:`FusedLoss` cannot compute ``agent``'s loss, or None: it knows a Gaussian policy of
-    tanh MLPs (:class:`~ppo_cli.agent.ActorCritic`) with float32 or float64 parameters on the CPU."""
+    tanh, relu or elu MLPs (:class:`~ppo_cli.agent.ActorCritic`) with float32 or float64 parameters on
+    the CPU."""
     if agent.discrete:
         return "its actions are discrete (the fused update is for Gaussian policies)"
-    if getattr(agent, "activation", None) != "tanh":
-        return f"its activation is {getattr(agent, 'activation', 'unknown')} (the fused update knows tanh)"
+    if getattr(agent, "activation", None) not in ("tanh", "relu", "elu"):
+        return f"its activation is {getattr(agent, 'activation', 'unknown')} (the fused update knows tanh, relu, elu)"
     for p in agent.parameters():
         if p.device.type != "cpu":
             return f"its parameters are on {p.device} (the fused update computes in numpy, on the CPU)"
@@ -178,6 +181,7 @@ class FusedLoss:
         if problem is not None:
             raise ValueError(f"the fused update cannot compute this policy: {problem}")
         self.coefs = coefs
+        self.activation = agent.activation
         self.params = list(agent.parameters())
         # each parameter's slice of a flat vector, in parameters() order
         self.slices, offset = [], 0

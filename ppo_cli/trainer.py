@@ -354,7 +354,7 @@ def _start(config: Config, run_dir: Path, resume: bool) -> _Run:
                           config.stagger_resets)
     spaces = envs.spaces
     agent = ActorCritic(spaces.obs_dim, spaces.act_dim, config.hidden_sizes, spaces.discrete, seeds.torch_seed,
-                        config.init_log_std)
+                        config.init_log_std, config.activation)
     optimizer = make_optimizer(agent, config)
     obs_filter = ObservationNormalizer((spaces.obs_dim,), config.obs_clip, enabled=config.norm_obs)
     reward_filter = RewardNormalizer(config.num_envs, config.gamma, config.reward_clip, enabled=config.norm_reward)

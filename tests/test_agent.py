@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from ppo_cli.agent import ActorCritic, RolloutPolicy
+from ppo_cli.agent import TORCH_ACTIVATIONS, ActorCritic, RolloutPolicy, activate, activation_grad
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
 @pytest.mark.parametrize("hidden", [(64, 64), (32,), (16, 8, 4)])
-def test_numpy_rollout_policy_equals_torch_module(hidden):
-    agent = ActorCritic(5, 3, hidden, seed=1)
+def test_numpy_rollout_policy_equals_torch_module(hidden, activation):
+    agent = ActorCritic(5, 3, hidden, seed=1, activation=activation)
     with torch.no_grad():  # move away from the init so every weight matters
         for p in agent.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -83,3 +84,19 @@ def test_actor_and_critic_are_separate_networks_and_critic_padding_stays_zero():
     (logprob.sum() + value.sum()).backward()
     assert torch.all(agent.weights[-1].grad[1, :, 1:] == 0)
     assert torch.all(agent.biases[-1].grad[1, :, 1:] == 0)
+
+
+def test_the_activations_are_the_functions_their_names_say():
+    """tanh, relu, elu (alpha 1) and their derivatives from the output, against hand values."""
+    x = np.array([-2.0, -0.5, 0.0, 0.3, 1.5])
+    want = {"tanh": (np.tanh(x), 1 - np.tanh(x) ** 2),
+            "relu": (np.array([0, 0, 0, 0.3, 1.5]), np.array([0, 0, 0, 1.0, 1])),
+            "elu": (np.array([np.exp(-2) - 1, np.exp(-0.5) - 1, 0, 0.3, 1.5]), np.array([np.exp(-2), np.exp(-0.5), 1, 1, 1]))}
+    for name, (value, slope) in want.items():
+        h = x.copy()
+        activate(name, h)
+        np.testing.assert_allclose(h, value, atol=1e-12)
+        np.testing.assert_allclose(activation_grad(name, h), slope, atol=1e-12)
+        np.testing.assert_allclose(TORCH_ACTIVATIONS[name](torch.from_numpy(x)).numpy(), value, atol=1e-12)
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        ActorCritic(4, 2, (8,), activation="gelu")

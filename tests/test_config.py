@@ -39,6 +39,7 @@ def test_json_round_trip():
     ({"target_kl": 0.0}, "target_kl", "positive"),
     ({"ent_coef": -1.0}, "ent_coef", ">= 0"),
     ({"hidden_sizes": (64, 0)}, "hidden_sizes", "positive widths"),
+    ({"activation": "sigmoid"}, "activation", "activation must be tanh, relu, elu, got 'sigmoid'"),
     ({"num_minibatches": 7}, "num_minibatches", "does not divide the batch size 2048"),
     ({"total_steps": 1000}, "total_steps", "less than one rollout batch of 2048"),
     # what only a crafted config.json or checkpoint can hold (the CLI's types refuse them first)

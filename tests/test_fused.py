@@ -50,8 +50,10 @@ def _composed(agent: ActorCritic, coefs: LossCoefs, obs, actions, old_logprobs, 
 @pytest.mark.parametrize("clip_vloss, dual_clip, ent_coef", [
     (False, None, 0.0), (True, None, 0.0), (False, 3.0, 0.01), (True, 2.0, 0.003)])
 @pytest.mark.parametrize("flat", [False, True])
-def test_fused_loss_has_the_value_and_gradient_of_the_composed_loss(hidden, clip_vloss, dual_clip, ent_coef, flat):
-    agent = ActorCritic(5, 3, hidden, seed=1, init_log_std=-0.3).double()
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+def test_fused_loss_has_the_value_and_gradient_of_the_composed_loss(hidden, clip_vloss, dual_clip, ent_coef, flat,
+                                                                    activation):
+    agent = ActorCritic(5, 3, hidden, seed=1, init_log_std=-0.3, activation=activation).double()
     coefs = LossCoefs(0.2, dual_clip, clip_vloss, ent_coef, 0.25)
     batch = _batch(agent, 256)
     ref, ref_terms, ref_logratio = _composed(agent, coefs, *batch)

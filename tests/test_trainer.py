@@ -146,8 +146,8 @@ def test_a_sign_flipped_update_does_not_reach_the_threshold(tmp_path, monkeypatc
     real, real_fused = losses.clipped_surrogate, fused.forward_backward
     monkeypatch.setattr(losses, "clipped_surrogate", lambda *a, **k: -real(*a, **k))
 
-    def fused_flipped(params, grads, obs, actions, old_logprobs, old_values, returns, advantages, coefs):
-        return real_fused(params, grads, obs, actions, old_logprobs, old_values, returns, -advantages, coefs)
+    def fused_flipped(params, grads, obs, actions, old_logprobs, old_values, returns, advantages, *rest):
+        return real_fused(params, grads, obs, actions, old_logprobs, old_values, returns, -advantages, *rest)
 
     monkeypatch.setattr(fused, "forward_backward", fused_flipped)  # the path Gaussian policies take
     result = train(LEARN, tmp_path)

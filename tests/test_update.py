@@ -45,7 +45,7 @@ def test_auto_is_fused_for_gaussian_policies_and_autograd_for_categorical_ones()
 @pytest.mark.parametrize("make, problem", [
     (lambda: ActorCritic(3, 4, (8,), discrete=True), "its actions are discrete"),
     (lambda: ActorCritic(3, 2, (8,)).to(torch.float16), "its parameters are torch.float16"),
-    (lambda: _with_activation(ActorCritic(3, 2, (8,)), "relu"), "its activation is relu"),
+    (lambda: _with_activation(ActorCritic(3, 2, (8,)), "selu"), "its activation is selu"),
 ])
 def test_fused_refuses_what_it_cannot_compute(make, problem):
     agent = make()
@@ -94,3 +94,30 @@ def test_update_is_a_train_option_and_recorded(tmp_path):
     result = runner.invoke(cli, ["train", "pendulum", "--update", "fused", "--compile", *tiny])
     assert result.exit_code == 2 and "--compile applies to the autograd path only, and --update is fused" in " ".join(result.output.split())
     assert runner.invoke(cli, ["train", "cartpole", *tiny]).exit_code == 0  # auto: autograd for discrete actions
+
+
+@pytest.mark.parametrize("activation", ["relu", "elu"])
+def test_activation_is_a_train_option_recorded_and_rebuilt_by_eval(tmp_path, activation):
+    """The fused update trains it, config.json and the checkpoint keep it, ppo eval acts with it."""
+    from ppo_cli.evaluate import load_agent
+
+    tiny = ["--total-steps", "512", "--num-envs", "1", "--num-steps", "256", "--num-minibatches", "4",
+            "--update-epochs", "1", "--hidden-sizes", "8", "--quiet", "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli, ["train", "pendulum", "--activation", activation, *tiny])
+    assert result.exit_code == 0, result.output
+    seed_dir = next(tmp_path.glob("*/default/seed_0"))
+    assert Config.from_json((seed_dir / "config.json").read_text()).activation == activation
+    loaded = load_agent(seed_dir / "checkpoint.pt")
+    state = torch.load(seed_dir / "checkpoint.pt", weights_only=True)
+    agent = ActorCritic(3, 1, (8,), activation=activation)
+    agent.load_state_dict(state["model"])
+    obs = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    with torch.no_grad():
+        mean, value = agent(torch.from_numpy(obs))
+    np.testing.assert_allclose(loaded.policy.mode(obs), mean.numpy(), atol=1e-6)
+    tanh = ActorCritic(3, 1, (8,))
+    tanh.load_state_dict(state["model"])
+    assert not np.allclose(tanh(torch.from_numpy(obs))[1].detach().numpy(), value.numpy(), atol=1e-4)
+    assert CliRunner().invoke(cli, ["eval", str(seed_dir), "--episodes", "1", "--json"]).exit_code == 0
+    result = CliRunner().invoke(cli, ["train", "pendulum", "--activation", "gelu", *tiny])
+    assert result.exit_code == 2 and "'gelu' is not one of 'tanh', 'relu', 'elu'" in result.output
