@@ -511,6 +511,10 @@ def _bool_seed(state):
     state["config"]["seed"] = True
 
 
+def _unknown_activation(state):
+    state["config"]["activation"] = "__import__('os')"  # a name, never evaluated
+
+
 @pytest.mark.parametrize("edit, message", [
     (_nan_weight, "model.weights.0 holds NaN or infinite values"),
     (_inf_log_std, "model.log_std holds NaN or infinite values"),
@@ -523,6 +527,7 @@ def _bool_seed(state):
     (_missing_layer, "its model tensors are not those of hidden_sizes [16, 16]"),
     (_float_envs, "num_envs must be a positive integer, got 1.5"),
     (_bool_seed, "seed must be an integer >= 0, got True"),
+    (_unknown_activation, "activation must be tanh, relu, elu, got \"__import__('os')\""),
 ])
 def test_9_eval_and_resume_check_the_contents_before_building_anything(checkpoint, edit, message):
     craft(checkpoint, edit)
