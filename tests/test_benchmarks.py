@@ -114,8 +114,8 @@ def test_mujoco_suite_gives_each_task_its_preset_values_and_records_them():
     assert (repeated.total_steps, repeated.action_repeat) == (333_333, 3)  # the same frames for every task
     dmc = mujoco_suite.task_configs(["dm_control/walker-run-v0", "dm_control/cartpole-swingup-v0"], 4096, "tuned", {})
     assert mujoco_suite.config_record(dmc)["per_task"] == {
-        "dm_control/walker-run-v0": {"hidden_sizes": [256, 256], "stagger_resets": False},
-        "dm_control/cartpole-swingup-v0": {"hidden_sizes": [64, 64], "stagger_resets": True}}
+        "dm_control/walker-run-v0": {"hidden_sizes": [256, 256], "activation": "elu", "stagger_resets": False},
+        "dm_control/cartpole-swingup-v0": {"hidden_sizes": [64, 64], "activation": "tanh", "stagger_resets": True}}
     assert configs["Hopper-v4"].eval_interval == 10  # the evaluation curve, every 10 iterations on MuJoCo
     interval = mujoco_suite.SUITES["dmc"][2]
     assert interval == 50 and mujoco_suite.task_configs(["dm_control/walker-walk-v0"], 4096, None, {},

@@ -81,13 +81,14 @@ def test_help_spells_out_what_each_preset_sets():
     from ppo_cli.cli import _describe_preset
 
     assert _describe_preset("tuned") == \
-        "Walker2d --gae-lambda 0.9; dm_control/cheetah-run, dm_control/walker-run --hidden-sizes 256,256; " \
+        "Walker2d --gae-lambda 0.9; dm_control/cheetah-run --hidden-sizes 256,256; " \
+        "dm_control/walker-walk, dm_control/walker-run --hidden-sizes 256,256 --activation elu; " \
         "dm_control/finger-spin --init-log-std 0.0 --stagger-resets; dm_control/reacher-hard --hidden-sizes 256,256 --init-log-std 0.0; " \
         "dm_control/cartpole-swingup --stagger-resets"
     assert _describe_preset("classic").startswith("any task --num-envs 1 --num-steps 2048")
     assert "--clip-vloss" in _describe_preset("classic") and "--no-recompute-adv" in _describe_preset("classic")
     help_text = " ".join(invoke("train", "--help").output.split())
-    assert "tuned: Walker2d --gae-lambda 0.9; dm_control/cheetah-run," in help_text
+    assert "tuned: Walker2d --gae-lambda 0.9; dm_control/cheetah-run --hidden-sizes" in help_text
 
 
 def test_the_tuned_preset_changes_walker2d_and_not_hopper(tmp_path):
