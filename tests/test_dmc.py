@@ -191,3 +191,33 @@ def test_the_tuned_preset_changes_the_benchmarked_dmc_tasks_only(tmp_path):
         (config,) = tmp_path.glob(f"*/cartpole{stagger}/seed_0/config.json")
         saved = json.loads(config.read_text())
         assert (saved["hidden_sizes"], saved["stagger_resets"]) == ([64, 64], stagger)
+
+
+@needs_dmc
+def test_walker_pitch_replays_ppo_evals_episodes_and_splits_them_by_the_start_pitch(tmp_path):
+    """benchmarks/walker_pitch.py: the same returns as ``ppo eval``, a pitch DMC draws in [-pi, pi],
+    and one error line (exit 2) for a policy of another task."""
+    from ppo_cli.evaluate import evaluate, load_agent
+
+    for name in ("dmc:walker-walk", "dmc:cartpole-swingup"):
+        result = invoke("train", name, "--total-steps", "128", "--out", tmp_path, "--run-name", "r", *SMALL)
+        assert result.exit_code == 0, result.output
+    (walker,) = tmp_path.glob("dm_control_walker-walk*/r/seed_0")
+    (cartpole,) = tmp_path.glob("dm_control_cartpole-swingup*/r/seed_0")
+    out = tmp_path / "episodes.csv"
+    script = [sys.executable, str(ROOT / "benchmarks" / "walker_pitch.py")]
+    done = subprocess.run([*script, str(walker), "--episodes", "3", "--csv", str(out)], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env=env_without_display())
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(out)
+    expected = evaluate(walker / "checkpoint.pt", load_agent(walker / "checkpoint.pt"), episodes=3).returns
+    np.testing.assert_allclose(table["return"], expected, rtol=0, atol=1e-9)
+    assert table["pitch"].between(-np.pi, np.pi).all() and table["pitch"].nunique() == 3
+    assert (table["torso_height"] > 0).all() and "pitch" in done.stdout and f"mean {np.mean(expected):.1f}" in done.stdout
+    wrong = subprocess.run([*script, str(cartpole), "--episodes", "1"], capture_output=True, text=True,
+                           timeout=300, cwd=ROOT, env=env_without_display())
+    assert wrong.returncode == 2 and "dm_control/cartpole-swingup-v0; this reads DMC walker tasks only" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    bad = subprocess.run([*script, str(walker), "--episodes", "0"], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT, env=env_without_display())
+    assert bad.returncode == 2 and "argument --episodes: 0 is not a positive integer" in bad.stderr
