@@ -17,46 +17,56 @@ import argparse
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pandas as pd
 
 from ppo_cli.checkpoint import CheckpointError
 from ppo_cli.envs import make_env
-from ppo_cli.evaluate import load_agent
+from ppo_cli.evaluate import load_agent, run_episodes
 from ppo_cli.files import atomic_write_text
 
 TAIL = 200
 """Steps at the end of an episode whose torso height is the episode's posture."""
 
 
+class Posture(gym.Wrapper):
+    """Records the walker's torso pitch at each reset and its torso height after each step."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.physics = env.unwrapped._env.physics  # Shimmy's wrapper holds the dm_control environment
+        self.pitches: list[float] = []
+        self.heights: list[list[float]] = []
+
+    def reset(self, **kwargs):
+        out = self.env.reset(**kwargs)
+        self.pitches.append(float(np.asarray(self.physics.named.data.qpos["rooty"]).ravel()[0]))
+        self.heights.append([])
+        return out
+
+    def step(self, action):
+        out = self.env.step(action)
+        self.heights[-1].append(float(self.physics.torso_height()))
+        return out
+
+
 def play(checkpoint: Path, episodes: int, seed: int = 0) -> pd.DataFrame:
-    """One row per episode: ``pitch`` at the start, ``return``, ``torso_height`` (median of the last
-    :data:`TAIL` steps). Raises ValueError unless the checkpoint is a DMC walker's."""
+    """One row per episode, played by ``ppo eval``'s own loop: ``pitch`` at the start, ``return``,
+    ``torso_height`` (median of the last :data:`TAIL` steps). Raises ValueError unless the
+    checkpoint is a DMC walker's."""
     loaded = load_agent(checkpoint)
     env_id = loaded.config.env_id
     if not env_id.startswith("dm_control/walker-"):
         raise ValueError(f"{checkpoint} is a policy for {env_id}; this reads DMC walker tasks only "
                          "(dm_control/walker-walk, -run, -stand)")
-    env = make_env(env_id, action_repeat=loaded.config.action_repeat)
-    physics = env.unwrapped._env.physics  # Shimmy's wrapper holds the dm_control environment
-    low, high = env.action_space.low, env.action_space.high
-    rows = []
+    env = Posture(make_env(env_id, action_repeat=loaded.config.action_repeat))
     try:
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=seed if episode == 0 else None)
-            pitch = float(np.asarray(physics.named.data.qpos["rooty"]).ravel()[0])
-            total, heights, done = 0.0, [], False
-            while not done:
-                action = loaded.policy.mode(loaded.obs_filter(np.asarray(obs, dtype=np.float64)[None]))[0]
-                obs, reward, terminated, truncated, _ = env.step(np.clip(action, low, high))
-                total += float(reward)
-                heights.append(float(physics.torso_height()))
-                done = terminated or truncated
-            rows.append({"episode": episode, "pitch": pitch, "return": total,
-                         "torso_height": float(np.median(heights[-TAIL:]))})
+        returns, _ = run_episodes(env, loaded.policy, loaded.obs_filter, episodes, seed)
     finally:
         env.close()
-    return pd.DataFrame(rows)
+    return pd.DataFrame({"episode": range(episodes), "pitch": env.pitches, "return": returns,
+                         "torso_height": [float(np.median(h[-TAIL:])) for h in env.heights]})
 
 
 def split(table: pd.DataFrame) -> pd.DataFrame:
