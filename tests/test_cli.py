@@ -81,7 +81,7 @@ def test_help_spells_out_what_each_preset_sets():
     from ppo_cli.cli import _describe_preset
 
     assert _describe_preset("tuned") == \
-        "Walker2d --gae-lambda 0.9; dm_control/cheetah-run --hidden-sizes 256,256; " \
+        "Walker2d --gae-lambda 0.9; dm_control/cheetah-run --hidden-sizes 256,256 --gae-lambda 0.9; " \
         "dm_control/walker-walk --hidden-sizes 256,256 --activation relu; " \
         "dm_control/walker-run --hidden-sizes 256,256 --activation elu; " \
         "dm_control/finger-spin --init-log-std 0.0 --stagger-resets; dm_control/reacher-hard --hidden-sizes 256,256 --init-log-std 0.0; " \

@@ -74,7 +74,7 @@ def test_presets_name_real_fields_with_valid_values_per_task():
     assert preset("classic", "my_pkg.envs:Robot") == preset("classic")  # "*": any task
     assert preset("tuned", "Walker2d-v5") == {"gae_lambda": 0.9}
     assert preset("tuned", "Hopper-v4") == {} and preset("tuned", "HalfCheetah-v5") == {}  # the defaults
-    assert preset("tuned", "dm_control/cheetah-run-v0") == {"hidden_sizes": (256, 256)}
+    assert preset("tuned", "dm_control/cheetah-run-v0") == {"hidden_sizes": (256, 256), "gae_lambda": 0.9}
     assert preset("tuned", "dm_control/walker-run-v0") == {"hidden_sizes": (256, 256), "activation": "elu"}
     assert preset("tuned", "dm_control/reacher-hard-v0") == {"hidden_sizes": (256, 256), "init_log_std": 0.0}
     assert preset("tuned", "dm_control/cartpole-swingup-v0") == {"stagger_resets": True}

@@ -168,24 +168,25 @@ def test_eval_renders_a_dmc_task_headless_with_MUJOCO_GL_unset(tmp_path):
 
 @needs_dmc
 def test_the_tuned_preset_changes_the_benchmarked_dmc_tasks_only(tmp_path):
-    """By either name; an option given beside the preset still wins; walker-walk gets ReLU networks,
-    walker-run ELU ones."""
+    """By either name; an option given beside the preset still wins; cheetah-run gets GAE lambda 0.9,
+    walker-walk ReLU networks, walker-run ELU ones."""
     small = [a for a in SMALL if a not in ("--hidden-sizes", "16,16")]
-    cases = (("dmc:cheetah-run", [], [256, 256], -0.5, False, "tanh"),
-             ("dm_control/cheetah-run-v0", ["--hidden-sizes", "32,32"], [32, 32], -0.5, False, "tanh"),
-             ("dmc:reacher-hard", ["--init-log-std", "-1"], [256, 256], -1.0, False, "tanh"),
-             ("dmc:finger-spin", [], [64, 64], 0.0, True, "tanh"),
-             ("dmc:walker-walk", [], [256, 256], -0.5, False, "relu"),
-             ("dmc:walker-run", [], [256, 256], -0.5, False, "elu"),
-             ("dmc:walker-run", ["--activation", "tanh"], [256, 256], -0.5, False, "tanh"))
-    for k, (name, given, sizes, log_std, stagger, activation) in enumerate(cases):
+    cases = (("dmc:cheetah-run", [], [256, 256], -0.5, False, "tanh", 0.9),
+             ("dm_control/cheetah-run-v0", ["--hidden-sizes", "32,32"], [32, 32], -0.5, False, "tanh", 0.9),
+             ("dmc:cheetah-run", ["--gae-lambda", "0.95"], [256, 256], -0.5, False, "tanh", 0.95),
+             ("dmc:reacher-hard", ["--init-log-std", "-1"], [256, 256], -1.0, False, "tanh", 0.95),
+             ("dmc:finger-spin", [], [64, 64], 0.0, True, "tanh", 0.95),
+             ("dmc:walker-walk", [], [256, 256], -0.5, False, "relu", 0.95),
+             ("dmc:walker-run", [], [256, 256], -0.5, False, "elu", 0.95),
+             ("dmc:walker-run", ["--activation", "tanh"], [256, 256], -0.5, False, "tanh", 0.95))
+    for k, (name, given, sizes, log_std, stagger, activation, gae_lambda) in enumerate(cases):
         result = invoke("train", name, "--preset", "tuned", "--total-steps", "128", "--out", tmp_path,
                         "--run-name", f"run{k}", *small, *given)
         assert result.exit_code == 0, result.output
         (config,) = tmp_path.glob(f"*/run{k}/seed_0/config.json")
         saved = json.loads(config.read_text())
         assert (saved["hidden_sizes"], saved["init_log_std"], saved["stagger_resets"]) == (sizes, log_std, stagger), name
-        assert saved["activation"] == activation, name
+        assert (saved["activation"], saved["gae_lambda"]) == (activation, gae_lambda), name
     for given, stagger in (([], True), (["--no-stagger-resets"], False)):  # cartpole-swingup: staggered resets
         result = invoke("train", "dmc:cartpole-swingup", "--preset", "tuned", "--total-steps", "128", "--out",
                         tmp_path, "--run-name", f"cartpole{stagger}", *small, *given)
