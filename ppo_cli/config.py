@@ -252,10 +252,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       "norm_adv": True, "recompute_adv": False, "init_log_std": 0.0}},
     # the defaults, except on the tasks where other values measured better at 1M steps
     # (docs/benchmarks.md): per-task tuning like rl-zoo's, under one name. On DMC (5 seeds, 50
-    # evaluation episodes each): 256 x 256 networks and GAE lambda 0.9 on cheetah-run (10 seeds), 256 x 256 with ReLU on walker-walk
-    # and with ELU on walker-run (tanh nets crawl after a backward start), an initial action std of 1 and
-    # staggered resets on finger-spin, 256 x 256 and std 1 on reacher-hard, staggered resets on
-    # cartpole-swingup
+    # evaluation episodes each): 256 x 256 networks and GAE lambda 0.9 on cheetah-run (10 seeds),
+    # 256 x 256 with ReLU on walker-walk and with ELU on walker-run (tanh nets crawl after a backward
+    # start), an initial action std of 1 and staggered resets on finger-spin, 256 x 256 and std 1 on
+    # reacher-hard, staggered resets on cartpole-swingup
     "tuned": {"Walker2d": {"gae_lambda": 0.9},
               "dm_control/cheetah-run": {"hidden_sizes": (256, 256), "gae_lambda": 0.9},
               "dm_control/walker-walk": {"hidden_sizes": (256, 256), "activation": "relu"},
